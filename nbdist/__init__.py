@@ -1,0 +1,30 @@
+"""nbdist: generate images with diffusion models on every GPU of a machine, from a notebook cell.
+
+``%load_ext nbdist`` registers the ``%%distgen`` cell magic; ``nbdist.generate`` is the plain Python
+API it is built on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .options import GenerateOptions, NbdistUsageError
+from .parent.api import generate
+from .parent.results import GenerationResult, ImageRecord
+
+__all__ = [
+    "GenerateOptions",
+    "GenerationResult",
+    "ImageRecord",
+    "NbdistUsageError",
+    "generate",
+    "load_ipython_extension",
+]
+__version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbdist``: register ``%%distgen``."""
+    from .notebook.magic import DistgenMagics
+
+    ipython.register_magics(DistgenMagics)

@@ -1,0 +1,84 @@
+"""Plain picklable messages from the workers to the parent.
+
+Workers never draw widgets or touch the notebook: they put these on a fork-context queue, and one
+collector thread in the parent turns them into results, files and gallery updates. Pixels travel as
+raw bytes (the full image, rebuilt in the parent) plus a small JPEG thumbnail for display, so nothing
+heavy is encoded twice and the browser never receives a full-size image it did not ask for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ImageFailed",
+    "ImageReady",
+    "Message",
+    "StepProgress",
+    "WorkerFinished",
+    "WorkerStarted",
+]
+
+
+@dataclass(frozen=True)
+class WorkerStarted:
+    """A worker is ready: its pipeline is on its device and it knows its share of the jobs."""
+
+    rank: int
+    device: str
+    pid: int
+    num_jobs: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Denoising progress of the images a worker is making right now (throttled by the worker)."""
+
+    rank: int
+    indices: tuple[int, ...]
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ImageReady:
+    """One finished image: full pixels as raw bytes, plus a display-sized JPEG thumbnail."""
+
+    index: int
+    rank: int
+    device: str
+    seconds: float
+    mode: str
+    size: tuple[int, int]
+    pixels: bytes
+    thumbnail: bytes
+
+    def to_pil(self):  # noqa: ANN201 - PIL.Image.Image, imported lazily
+        """The full-size image, rebuilt without any decoding."""
+        from PIL import Image
+
+        return Image.frombytes(self.mode, self.size, self.pixels)
+
+
+@dataclass(frozen=True)
+class ImageFailed:
+    """An image whose generation raised; the worker goes on with its next images."""
+
+    index: int
+    rank: int
+    device: str
+    error: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class WorkerFinished:
+    """The last message of a worker: ``error`` is set when the worker itself failed (not one image)."""
+
+    rank: int
+    error: str | None = None
+    traceback: str | None = None
+
+
+Message = WorkerStarted | StepProgress | ImageReady | ImageFailed | WorkerFinished

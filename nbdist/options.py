@@ -1,0 +1,93 @@
+"""Generation options: one dataclass, validated once, shared by the magic, the CLI and the workers.
+
+Why a dataclass and not a dict: the workers receive it through fork, the CLI and the magic build it
+from their own argument parsers, and ``validate`` gives every entry point the same short messages
+before any process starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+__all__ = ["DTYPES", "GenerateOptions", "NbdistUsageError"]
+
+DTYPES = ("float16", "bfloat16", "float32")
+SCHEDULES = ("static", "dynamic")
+DEVICES = ("auto", "cuda", "cpu")
+
+
+class NbdistUsageError(ValueError):
+    """Bad input, found before anything started. The magic shows it as an IPython ``UsageError``."""
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """Everything that decides what is generated and how, except the model and the prompts."""
+
+    steps: int = 30
+    guidance: float = 7.5
+    height: int | None = None
+    width: int | None = None
+    negative: str | None = None
+    seed: int | None = None
+    images_per_prompt: int = 1
+    batch_size: int = 1
+    num_processes: int | None = None
+    dtype: str | None = None
+    device: str = "auto"
+    save_dir: str | None = None
+    schedule: str = "static"
+    allow_pickle: bool = False
+    thumbnail_size: int = 256
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def with_(self, **changes: object) -> GenerateOptions:
+        """A copy with some fields changed (``dataclasses.replace`` under a shorter name)."""
+        return replace(self, **changes)
+
+    def validate(self) -> None:
+        """Raise ``NbdistUsageError`` for values that cannot work, whatever the model."""
+        for name in ("steps", "images_per_prompt", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise NbdistUsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.num_processes is not None and (not isinstance(self.num_processes, int) or self.num_processes < 1):
+            raise NbdistUsageError(f"--num-processes must be a positive integer, got {self.num_processes!r}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise NbdistUsageError(f"--{name} must be a positive integer, got {value!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise NbdistUsageError(f"unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.schedule not in SCHEDULES:
+            raise NbdistUsageError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.device not in DEVICES:
+            raise NbdistUsageError(f"unknown --device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise NbdistUsageError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        if self.save_dir is not None:
+            check_writable_dir(Path(self.save_dir))
+
+    def check_size(self, vae_scale_factor: int) -> None:
+        """Height and width must be multiples of the pipeline's VAE scale factor (8 for SD)."""
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and value % vae_scale_factor:
+                raise NbdistUsageError(
+                    f"--{name} {value} is not a multiple of {vae_scale_factor} (this pipeline's VAE scale factor)"
+                )
+
+
+def check_writable_dir(path: Path) -> None:
+    """The save folder must exist or be creatable, and be writable: checked before any worker starts."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NbdistUsageError(f"--save-dir {str(path)!r}: {str(probe)!r} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise NbdistUsageError(f"--save-dir {str(path)!r} is not writable")

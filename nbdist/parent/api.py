@@ -1,0 +1,191 @@
+"""``nbdist.generate``: the plain Python API under the magic and the CLI.
+
+One call: validate everything, load (or reuse) the pipeline in this process on the CPU, fork the
+workers, stream their messages to observers, and return a ``GenerationResult``, partial if the run
+was interrupted or a worker failed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from ..jobs import make_jobs
+from ..options import GenerateOptions, NbdistUsageError
+from ..spec import RunSpec
+from .collector import Collector, ResultBuilder
+from .devices import cpu_count, cuda_initialized, visible_gpu_count
+from .launch import launch_workers
+from .observer import RunInfo, RunObserver
+from .results import GenerationResult
+from .saving import DiskWriter
+
+__all__ = ["generate", "plan_run"]
+
+_OPTION_NAMES = {f.name for f in fields(GenerateOptions)}
+
+
+def _options(options: GenerateOptions | None, overrides: dict[str, Any]) -> GenerateOptions:
+    unknown = set(overrides) - _OPTION_NAMES
+    if unknown:
+        raise TypeError(f"generate() got unknown option(s): {', '.join(sorted(unknown))}")
+    return (options or GenerateOptions()).with_(**overrides)
+
+
+def _device_type(options: GenerateOptions) -> str:
+    gpus = visible_gpu_count()
+    if options.device == "cuda" and gpus == 0:
+        raise NbdistUsageError("--device cuda: no GPU is visible to this process")
+    if options.device == "auto":
+        return "cuda" if gpus else "cpu"
+    return options.device
+
+
+def _num_processes(options: GenerateOptions, device_type: str, num_jobs: int) -> int:
+    """``-n``, else one worker per visible GPU, else a CPU default that keeps cores busy."""
+    if device_type == "cuda":
+        gpus = visible_gpu_count()
+        if options.num_processes is not None and options.num_processes > gpus:
+            raise NbdistUsageError(f"-n {options.num_processes}: only {gpus} GPU(s) visible")
+        return options.num_processes or gpus
+    if options.num_processes is not None:
+        return options.num_processes
+    return max(1, min(cpu_count(), 4, num_jobs))
+
+
+def _pipeline(model_or_pipe: Any, dtype: str, allow_pickle: bool) -> tuple[Any, str]:
+    """The pipeline object and a name for it (the model id or folder, or the pipeline's class)."""
+    if isinstance(model_or_pipe, str | os.PathLike):
+        from ..pipelines import cached_pipeline
+
+        return cached_pipeline(os.fspath(model_or_pipe), dtype, allow_pickle=allow_pickle), os.fspath(model_or_pipe)
+    if not callable(model_or_pipe) or not hasattr(model_or_pipe, "components"):
+        raise NbdistUsageError(f"{type(model_or_pipe).__name__} is not a diffusers pipeline")
+    name = getattr(getattr(model_or_pipe, "config", None), "_name_or_path", None) or type(model_or_pipe).__name__
+    return model_or_pipe, str(name)
+
+
+def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOptions) -> tuple[Any, str, str, str, int]:
+    """Everything checkable before a process starts: returns (pipe, model name, device, dtype, n)."""
+    options.validate()
+    if not prompts:
+        raise NbdistUsageError("no prompts: write one prompt per line in the cell")
+    if cuda_initialized():
+        raise NbdistUsageError(
+            "CUDA is already initialised in this kernel, so forked workers cannot use the GPU. "
+            "Restart the kernel and run %%distgen before any cell that touches torch.cuda."
+        )
+    device_type = _device_type(options)
+    dtype = options.dtype or ("float16" if device_type == "cuda" else "float32")
+    n = _num_processes(options, device_type, len(prompts) * options.images_per_prompt)
+    pipe, name = _pipeline(model_or_pipe, dtype, options.allow_pickle)
+    scale = getattr(pipe, "vae_scale_factor", None)
+    if isinstance(scale, int) and scale > 0:
+        options.check_size(scale)
+    return pipe, name, device_type, dtype, n
+
+
+def _default_size(pipe: Any) -> tuple[int, int]:
+    """The size the pipeline makes when none is given (SD: unet sample size × VAE scale factor)."""
+    try:
+        side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    except AttributeError:
+        side = 512
+    return side, side
+
+
+def generate(
+    model_or_pipe: Any,
+    prompts: Sequence[str],
+    *,
+    options: GenerateOptions | None = None,
+    observers: Sequence[RunObserver] = (),
+    **overrides: Any,
+) -> GenerationResult:
+    """Generate images for ``prompts`` on every GPU (or several CPU workers) and return them.
+
+    ``model_or_pipe`` is a hub id, a local folder saved with ``save_pretrained``, or a diffusers
+    pipeline object already loaded. Options are ``GenerateOptions`` fields, e.g. ``steps=30, seed=0,
+    num_processes=2, save_dir="out"``. Observers (the notebook gallery, the CLI's progress line) see
+    every worker message as it arrives. Bad input raises ``NbdistUsageError`` before anything starts.
+    """
+    opts = _options(options, overrides)
+    prompts = list(prompts)
+    pipe, name, device_type, dtype, n = plan_run(model_or_pipe, prompts, opts)
+    seed = opts.seed if opts.seed is not None else secrets.randbelow(2**31)
+    opts = opts.with_(seed=seed)
+    jobs = make_jobs(prompts, opts.images_per_prompt, seed)
+    default_h, default_w = _default_size(pipe)
+    info = RunInfo(jobs, opts, name, seed, n, device_type, opts.height or default_h, opts.width or default_w)
+
+    ctx = multiprocessing.get_context("fork")
+    log_dir = tempfile.mkdtemp(prefix="nbdist-logs-")
+    spec = RunSpec(
+        jobs=jobs,
+        options=opts,
+        device_type=device_type,
+        dtype=dtype,
+        threads_per_worker=max(1, cpu_count() // n) if device_type == "cpu" else 1,
+        log_dir=log_dir,
+        queue=ctx.Queue(),
+        pipeline=pipe,
+        model=name,
+        next_job=ctx.Value("q", 0) if opts.schedule == "dynamic" else None,
+    )
+    builder = ResultBuilder()
+    writer = DiskWriter(opts.save_dir) if opts.save_dir else None
+    all_observers: list[RunObserver] = [builder, *observers, *([writer] if writer else [])]
+    for obs in all_observers:
+        obs.on_start(info)
+
+    from ..worker import run_worker
+
+    collector = Collector(spec.queue, all_observers, n)
+    started = time.monotonic()
+    interrupted = False
+    collector.start()
+    try:
+        launch_workers(run_worker, (spec,), n)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        collector.finish()
+        spec.queue.close()
+    elapsed = time.monotonic() - started
+
+    result = GenerationResult(
+        records=[builder.records[i] for i in sorted(builder.records)],
+        missing=[job for job in jobs if job.index not in builder.records],
+        options=opts,
+        seed=seed,
+        model=name,
+        num_processes=n,
+        seconds=elapsed,
+        first_image_seconds=None if builder.first_image_at is None else builder.first_image_at - started,
+        interrupted=interrupted,
+        worker_failures=builder.worker_failures,
+        logs=_read_logs(log_dir),
+        save_dir=Path(opts.save_dir) if opts.save_dir else None,
+    )
+    if writer is not None:
+        for record in result.records:
+            record.path = writer.paths.get(record.index)
+    for obs in all_observers:
+        obs.on_end(result)
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return result
+
+
+def _read_logs(log_dir: str) -> dict[int, str]:
+    logs: dict[int, str] = {}
+    for path in sorted(Path(log_dir).glob("worker-*.log")):
+        logs[int(path.stem.split("-")[1])] = path.read_text(encoding="utf-8", errors="replace")
+    return logs

@@ -1,0 +1,34 @@
+"""The interface between the collector and whatever shows or stores a run (gallery, disk, terminal)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..jobs import ImageJob
+from ..messages import Message
+from ..options import GenerateOptions
+
+__all__ = ["RunInfo", "RunObserver"]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every observer knows before the first message."""
+
+    jobs: list[ImageJob]
+    options: GenerateOptions
+    model: str
+    seed: int
+    num_processes: int
+    device_type: str
+    height: int
+    width: int
+
+
+class RunObserver(Protocol):
+    """Called from one thread only (the collector), in message order."""
+
+    def on_start(self, run: RunInfo) -> None: ...
+    def on_message(self, msg: Message) -> None: ...
+    def on_end(self, result: Any) -> None: ...

@@ -1,0 +1,115 @@
+"""The result of a run: image records in prompt order, kept even when the run stops early."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, overload
+
+from ..jobs import ImageJob
+from ..options import GenerateOptions
+
+__all__ = ["GenerationResult", "ImageRecord", "WorkerFailure"]
+
+
+@dataclass
+class ImageRecord:
+    """One generated (or failed) image. ``image`` is the full-size PIL image, ``None`` if it failed."""
+
+    index: int
+    prompt: str
+    prompt_index: int
+    seed: int
+    image: Any = None
+    rank: int | None = None
+    device: str | None = None
+    seconds: float | None = None
+    error: str | None = None
+    traceback: str | None = None
+    path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the image was generated."""
+        return self.image is not None
+
+
+@dataclass
+class WorkerFailure:
+    """A worker that failed as a whole (setup error, killed, out of memory)."""
+
+    rank: int
+    error: str
+    traceback: str | None = None
+
+
+@dataclass
+class GenerationResult(Sequence[ImageRecord]):
+    """Records of every image that finished or failed, in prompt order.
+
+    ``missing`` lists the jobs that never finished (interrupted, or their worker died), so a partial
+    run says exactly what it lacks; ``logs`` holds each worker's captured stdout/stderr.
+    """
+
+    records: list[ImageRecord]
+    missing: list[ImageJob]
+    options: GenerateOptions
+    seed: int
+    model: str
+    num_processes: int
+    seconds: float
+    first_image_seconds: float | None = None
+    interrupted: bool = False
+    worker_failures: list[WorkerFailure] = field(default_factory=list)
+    logs: dict[int, str] = field(default_factory=dict)
+    save_dir: Path | None = None
+
+    @overload
+    def __getitem__(self, i: int) -> ImageRecord: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[ImageRecord]: ...
+    def __getitem__(self, i: int | slice) -> ImageRecord | list[ImageRecord]:
+        return self.records[i]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self.records)
+
+    @property
+    def images(self) -> list[Any]:
+        """The generated PIL images, in prompt order (failed ones left out)."""
+        return [r.image for r in self.records if r.image is not None]
+
+    @property
+    def errors(self) -> list[ImageRecord]:
+        """Records of images whose generation raised."""
+        return [r for r in self.records if r.error is not None]
+
+    @property
+    def complete(self) -> bool:
+        """Every image was generated."""
+        return not self.missing and not self.errors and not self.interrupted
+
+    def summary(self) -> str:
+        """One line: what was made, how fast, and what went wrong."""
+        done = sum(1 for r in self.records if r.ok)
+        total = done + len(self.errors) + len(self.missing)
+        parts = [f"{done} of {total} images in {self.seconds:.1f} s on {self.num_processes} worker(s), seed {self.seed}"]
+        if self.first_image_seconds is not None:
+            parts.append(f"first after {self.first_image_seconds:.1f} s")
+        if self.errors:
+            parts.append(f"{len(self.errors)} failed")
+        if self.missing:
+            parts.append(f"{len(self.missing)} not generated")
+        if self.interrupted:
+            parts.append("interrupted")
+        return ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"<GenerationResult: {self.summary()}>"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))

@@ -1,0 +1,103 @@
+"""Write each image to disk as it arrives: a PNG with its parameters, and a JSON-lines manifest.
+
+Writing happens on a background thread of its own so a slow disk or PNG compression never delays the
+gallery. The parameters sit in the PNG text chunk (readable by PIL, exiftool and most image tools),
+so a file alone is enough to reproduce its image.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import unicodedata
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..jobs import ImageJob
+from ..messages import ImageReady, Message
+from .observer import RunInfo
+
+__all__ = ["DiskWriter", "file_name", "slug"]
+
+
+def slug(text: str, limit: int = 48) -> str:
+    """A file-name-safe ASCII slug: no slashes, dots-only names or control characters, ever."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    cleaned = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return cleaned[:limit].rstrip("-") or "image"
+
+
+def file_name(job: ImageJob) -> str:
+    """``00012-an-astronaut-riding-a-horse.png``: the index keeps prompt order and uniqueness."""
+    return f"{job.index:05d}-{slug(job.prompt)}.png"
+
+
+class DiskWriter:
+    """A run observer that saves PNGs and appends to ``manifest.jsonl`` in ``folder``."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.paths: dict[int, Path] = {}
+        self._jobs: dict[int, ImageJob] = {}
+        self._params: dict[str, Any] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbdist-save")
+        self._pending: list[Future[None]] = []
+        self._manifest_lock = threading.Lock()
+
+    def on_start(self, run: RunInfo) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._jobs = {job.index: job for job in run.jobs}
+        o = run.options
+        self._params = {
+            "model": run.model,
+            "negative": o.negative,
+            "steps": o.steps,
+            "guidance": o.guidance,
+            "height": run.height,
+            "width": run.width,
+        }
+
+    def on_message(self, msg: Message) -> None:
+        if isinstance(msg, ImageReady):
+            job = self._jobs[msg.index]
+            path = self.folder / file_name(job)
+            self.paths[msg.index] = path
+            self._pending.append(self._executor.submit(self._write, msg, job, path))
+
+    def on_end(self, result: Any) -> None:
+        """Wait for every pending write (a run is not over until its files are on disk)."""
+        for fut in self._pending:
+            fut.result()
+        self._executor.shutdown(wait=True)
+
+    def _metadata(self, msg: ImageReady, job: ImageJob) -> dict[str, Any]:
+        width, height = msg.size
+        return {
+            "index": job.index,
+            "prompt": job.prompt,
+            "seed": job.seed,
+            **self._params,
+            "height": height,
+            "width": width,
+            "rank": msg.rank,
+            "device": msg.device,
+            "seconds": round(msg.seconds, 4),
+        }
+
+    def _write(self, msg: ImageReady, job: ImageJob, path: Path) -> None:
+        from PIL.PngImagePlugin import PngInfo
+
+        meta = self._metadata(msg, job)
+        info = PngInfo()
+        for key in ("prompt", "negative", "seed", "steps", "guidance", "width", "height", "model"):
+            if meta[key] is not None:
+                info.add_text(key, str(meta[key]))
+        info.add_itxt("nbdist", json.dumps(meta, ensure_ascii=False))
+        tmp = path.with_suffix(".png.part")
+        msg.to_pil().save(tmp, format="PNG", pnginfo=info, compress_level=4)
+        tmp.replace(path)  # a file under its final name is always complete
+        line = json.dumps({**meta, "file": path.name}, ensure_ascii=False)
+        with self._manifest_lock, open(self.folder / "manifest.jsonl", "a", encoding="utf-8") as f:
+            f.write(line + "\n")

@@ -1,0 +1,124 @@
+"""Load diffusers pipelines the way a real model is loaded, quietly, once.
+
+Used by the parent (the kernel loads a model once on the CPU and every forked worker inherits it) and
+by workers started by ``torchrun`` / ``accelerate launch`` (each loads its own copy). Never touches a
+GPU: placement happens in the workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+from .options import NbdistUsageError
+
+__all__ = ["cached_pipeline", "clear_cache", "load_pipeline", "quiet_libraries", "torch_dtype"]
+
+_CACHE: dict[tuple[str, str, bool], Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def torch_dtype(name: str) -> Any:
+    """``"float16"`` → ``torch.float16`` (names already validated by ``GenerateOptions``)."""
+    import torch
+
+    return getattr(torch, name)
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Hide loading bars and advisory warnings of diffusers/transformers for the duration.
+
+    A notebook cell should show the gallery, not "Loading pipeline components... 100%" and deprecation
+    notices the user cannot act on. Real errors still raise.
+    """
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    d_level, t_level = dlog.get_verbosity(), tlog.get_verbosity()
+    d_bar, t_bar = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|diffusers|transformers)\b")
+            yield
+    finally:
+        dlog.set_verbosity(d_level)
+        tlog.set_verbosity(t_level)
+        if d_bar:
+            dlog.enable_progress_bar()
+        if t_bar:
+            tlog.enable_progress_bar()
+
+
+def looks_like_path(model: str) -> bool:
+    """A hub id is ``name`` or ``org/name``; anything else (``./x``, ``/x``, ``~/x``, ``a/b/c``) is a folder."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
+
+
+def load_pipeline(
+    model: str,
+    dtype: str,
+    *,
+    allow_pickle: bool = False,
+    device_map: str | None = None,
+    max_memory: dict[Any, str] | None = None,
+) -> Any:
+    """``DiffusionPipeline.from_pretrained`` with nbdist's rules and short errors.
+
+    safetensors only unless ``allow_pickle`` (pickle files can run code when loaded). A missing local
+    folder and an unreachable hub id become ``NbdistUsageError`` with a hint, not a page of
+    ``huggingface_hub`` traceback.
+    """
+    expanded = os.path.expanduser(model)
+    if looks_like_path(model) and not os.path.isdir(expanded):
+        raise NbdistUsageError(f"model folder {model!r} does not exist")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    with quiet_libraries():
+        from diffusers import DiffusionPipeline
+
+        kwargs: dict[str, Any] = {"torch_dtype": torch_dtype(dtype), "use_safetensors": not allow_pickle}
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        if max_memory is not None:
+            kwargs["max_memory"] = max_memory
+        try:
+            return DiffusionPipeline.from_pretrained(expanded if os.path.isdir(expanded) else model, **kwargs)
+        except OSError as exc:
+            if os.path.isdir(expanded):
+                raise NbdistUsageError(f"could not load the model in {model!r}: {exc}") from exc
+            raise NbdistUsageError(
+                f"could not get {model!r} from the model hub (offline, or no such model?). "
+                "Pass a local folder saved with save_pretrained, e.g. --model ./my-sd-model"
+            ) from exc
+        except ValueError as exc:
+            if "safetensors" in str(exc).lower():
+                raise NbdistUsageError(
+                    f"{model!r} has no safetensors weights; pass --allow-pickle to load its pickle files "
+                    "(only for a model you trust: pickle can run code)"
+                ) from exc
+            raise
+
+
+def cached_pipeline(model: str, dtype: str, *, allow_pickle: bool = False) -> Any:
+    """Load once per kernel, keyed by (model, dtype): re-running a cell costs no load time."""
+    key = (os.path.abspath(os.path.expanduser(model)) if looks_like_path(model) else model, dtype, allow_pickle)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = load_pipeline(model, dtype, allow_pickle=allow_pickle)
+        return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Forget the loaded pipelines (frees their memory once nothing else holds them)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
