@@ -62,7 +62,7 @@ def quiet_libraries() -> Iterator[None]:
 
 def looks_like_path(model: str) -> bool:
     """A hub id is ``name`` or ``org/name``; anything else (``./x``, ``/x``, ``~/x``, ``a/b/c``) is a folder."""
-    return model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep != "/" and os.sep in model
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or (os.sep != "/" and os.sep in model)
 
 
 def load_pipeline(

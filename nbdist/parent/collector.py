@@ -38,7 +38,11 @@ class ResultBuilder:
         if isinstance(msg, ImageReady | ImageFailed):
             job = self._jobs[msg.index]
             record = ImageRecord(
-                index=job.index, prompt=job.prompt, prompt_index=job.prompt_index, seed=job.seed, rank=msg.rank,
+                index=job.index,
+                prompt=job.prompt,
+                prompt_index=job.prompt_index,
+                seed=job.seed,
+                rank=msg.rank,
                 device=msg.device,
             )
             if isinstance(msg, ImageReady):

@@ -70,6 +70,4 @@ def launch_workers(function: Callable[..., Any], args: tuple[Any, ...], num_proc
             return
         from accelerate import notebook_launcher
 
-        notebook_launcher(
-            function, args=args, num_processes=num_processes, use_port=str(port), master_addr="127.0.0.1"
-        )
+        notebook_launcher(function, args=args, num_processes=num_processes, use_port=str(port), master_addr="127.0.0.1")

@@ -97,7 +97,9 @@ class GenerationResult(Sequence[ImageRecord]):
         """One line: what was made, how fast, and what went wrong."""
         done = sum(1 for r in self.records if r.ok)
         total = done + len(self.errors) + len(self.missing)
-        parts = [f"{done} of {total} images in {self.seconds:.1f} s on {self.num_processes} worker(s), seed {self.seed}"]
+        parts = [
+            f"{done} of {total} images in {self.seconds:.1f} s on {self.num_processes} worker(s), seed {self.seed}"
+        ]
         if self.first_image_seconds is not None:
             parts.append(f"first after {self.first_image_seconds:.1f} s")
         if self.errors:

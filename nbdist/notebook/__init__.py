@@ -1,0 +1,1 @@
+"""Notebook-side code (parent process): the ``%%distgen`` magic and the widget gallery."""

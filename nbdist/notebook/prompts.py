@@ -1,0 +1,51 @@
+"""Turn a cell body into prompts: one per line, comments and blanks skipped, variables expanded.
+
+IPython expands ``{name}`` and ``$name`` only in a magic's first line; a prompt list is written in
+the body, so the body gets the same expansion, with IPython's own formatter and the user namespace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..options import NbdistUsageError
+
+__all__ = ["expand", "parse_prompts", "prompts_from_namespace"]
+
+
+def expand(line: str, namespace: Mapping[str, Any]) -> str:
+    """Expand ``{expr}`` and ``$name`` like IPython does for shell commands; leave the line as is on error."""
+    from IPython.utils.text import DollarFormatter
+
+    try:
+        return DollarFormatter().vformat(line, args=[], kwargs=namespace)
+    except Exception:
+        return line
+
+
+def parse_prompts(cell: str, namespace: Mapping[str, Any]) -> list[str]:
+    """Prompts of a cell body, in order. Whitespace is trimmed; ``#`` lines and blank lines are skipped."""
+    prompts = []
+    for raw in cell.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = expand(line, namespace).strip()
+        if line:
+            prompts.append(line)
+    return prompts
+
+
+def prompts_from_namespace(name: str, namespace: Mapping[str, Any]) -> list[str]:
+    """``--prompts NAME``: a list (or other iterable) of strings from the user's namespace."""
+    if name not in namespace:
+        raise NbdistUsageError(f"--prompts {name}: no variable named {name!r}")
+    value = namespace[name]
+    if isinstance(value, str):
+        return [value]
+    try:
+        prompts = [str(p).strip() for p in value]
+    except TypeError:
+        raise NbdistUsageError(f"--prompts {name}: expected a list of strings, got {type(value).__name__}") from None
+    return [p for p in prompts if p]
