@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up nbdist on a fresh machine: a virtual environment in .venv with the project and its extras.
+# Torch goes first, pinned to the CPU build when there is no NVIDIA driver: a plain "torch"
+# requirement resolved from scratch would pull a CUDA build of several GB.
+# Usage: scripts/setup.sh [EXTRAS]   (EXTRAS e.g. "test" or "notebook"; default: notebook)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-notebook}"
+py="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if [ -e /proc/driver/nvidia/version ] || command -v nvidia-smi >/dev/null 2>&1; then
+    .venv/bin/pip install -q torch
+  else
+    .venv/bin/pip install -q "torch==2.13.0"  # a CPU build where the machine provides one
+  fi
+fi
+.venv/bin/pip install -q -e ".[${extras}]"
+echo "nbdist is installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

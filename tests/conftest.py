@@ -1,0 +1,40 @@
+"""Shared fixtures: the tiny offline pipeline (saved once per session) and a real Jupyter kernel."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from kernel import Kernel  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    """Folder of the tiny Stable Diffusion pipeline, written with save_pretrained (built offline)."""
+    from nbdist.tiny import ensure_tiny_pipeline
+
+    return str(ensure_tiny_pipeline("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model: str):
+    """The tiny pipeline loaded back with from_pretrained, for reference calls in the test process."""
+    from nbdist.pipelines import load_pipeline
+
+    pipe = load_pipeline(tiny_model, "float32")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[Kernel]:
+    """A fresh ipykernel (the venv's python) with nbdist loaded, working in a temp folder."""
+    with Kernel(cwd=str(tmp_path)) as k:
+        ex = k.execute("%load_ext nbdist")
+        assert ex.error is None, ex.error
+        yield k
