@@ -172,6 +172,7 @@ def generate(
         first_image_seconds=None if builder.first_image_at is None else builder.first_image_at - started,
         interrupted=interrupted,
         worker_failures=builder.worker_failures,
+        workers=builder.workers,
         logs=_read_logs(log_dir),
         save_dir=Path(opts.save_dir) if opts.save_dir else None,
     )

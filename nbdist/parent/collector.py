@@ -14,9 +14,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..messages import ImageFailed, ImageReady, Message, WorkerFinished
+from ..messages import ImageFailed, ImageReady, Message, WorkerFinished, WorkerStarted
 from .observer import RunInfo, RunObserver
-from .results import ImageRecord, WorkerFailure
+from .results import ImageRecord, WorkerFailure, WorkerInfo
 
 __all__ = ["Collector", "ResultBuilder"]
 
@@ -28,6 +28,7 @@ class ResultBuilder:
         self.records: dict[int, ImageRecord] = {}
         self.finished: set[int] = set()
         self.worker_failures: list[WorkerFailure] = []
+        self.workers: dict[int, WorkerInfo] = {}
         self.first_image_at: float | None = None
         self._jobs: dict[int, Any] = {}
 
@@ -53,6 +54,8 @@ class ResultBuilder:
             else:
                 record.error, record.traceback = msg.error, msg.traceback
             self.records[msg.index] = record
+        elif isinstance(msg, WorkerStarted):
+            self.workers[msg.rank] = WorkerInfo(msg.rank, msg.device, msg.pid, msg.threads)
         elif isinstance(msg, WorkerFinished):
             self.finished.add(msg.rank)
             if msg.error is not None:

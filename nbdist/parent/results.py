@@ -10,7 +10,7 @@ from typing import Any, overload
 from ..jobs import ImageJob
 from ..options import GenerateOptions
 
-__all__ = ["GenerationResult", "ImageRecord", "WorkerFailure"]
+__all__ = ["GenerationResult", "ImageRecord", "WorkerFailure", "WorkerInfo"]
 
 
 @dataclass
@@ -44,6 +44,16 @@ class WorkerFailure:
     traceback: str | None = None
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Where a worker ran: its rank, device, process id and thread count."""
+
+    rank: int
+    device: str
+    pid: int
+    threads: int
+
+
 @dataclass
 class GenerationResult(Sequence[ImageRecord]):
     """Records of every image that finished or failed, in prompt order.
@@ -62,6 +72,7 @@ class GenerationResult(Sequence[ImageRecord]):
     first_image_seconds: float | None = None
     interrupted: bool = False
     worker_failures: list[WorkerFailure] = field(default_factory=list)
+    workers: dict[int, WorkerInfo] = field(default_factory=dict)
     logs: dict[int, str] = field(default_factory=dict)
     save_dir: Path | None = None
 
