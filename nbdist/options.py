@@ -42,6 +42,8 @@ class GenerateOptions:
     allow_pickle: bool = False
     thumbnail_size: int = 256
     extra: dict[str, object] = field(default_factory=dict)
+    device_map: str | None = None  # "balanced": one process, the model spread over the GPUs (placement.py)
+    max_memory: str | dict[int | str, int | str] | None = None  # "0=10GiB,cpu=30GiB" or a dict, with device_map
 
     def with_(self, **changes: object) -> GenerateOptions:
         """A copy with some fields changed (``dataclasses.replace`` under a shorter name)."""
@@ -69,6 +71,9 @@ class GenerateOptions:
             raise NbdistUsageError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if self.save_dir is not None:
             check_writable_dir(Path(self.save_dir))
+        from .placement import validate_placement
+
+        validate_placement(self)
 
     def check_size(self, vae_scale_factor: int) -> None:
         """Height and width must be multiples of the pipeline's VAE scale factor (8 for SD)."""
