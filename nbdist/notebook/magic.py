@@ -12,13 +12,16 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ..options import DEVICES, DTYPES, SCHEDULES, GenerateOptions, NbdistUsageError
+from ..arguments import magic_decorators, options_from_args
+from ..options import NbdistUsageError
 from ..parent.api import generate
 from ..parent.results import GenerationResult
 from .gallery import Gallery
 from .prompts import parse_prompts, prompts_from_namespace
 
 __all__ = ["DistgenMagics"]
+
+option_arguments = magic_decorators()  # the generation options, shared with the CLI (nbdist/arguments.py)
 
 
 @magics_class
@@ -28,32 +31,8 @@ class DistgenMagics(Magics):
     @magic_arguments()
     @argument("-m", "--model", metavar="ID_OR_PATH", help="hub id or local folder for from_pretrained (safetensors)")
     @argument("--pipe", metavar="NAME", help="use a diffusers pipeline already in the namespace instead of --model")
-    @argument("--dtype", choices=DTYPES, help="weights dtype (default: float16 on GPU, float32 on CPU)")
-    @argument(
-        "-n",
-        "--num-processes",
-        type=int,
-        metavar="N",
-        help="workers (default: one per visible GPU; on CPU, up to 4 sharing the cores)",
-    )
-    @argument("--device", choices=DEVICES, default="auto", help="where workers run (default: GPU if any)")
-    @argument("--steps", type=int, default=30, help="denoising steps (default 30)")
-    @argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    @argument("--height", type=int, help="image height in pixels (multiple of the VAE scale factor)")
-    @argument("--width", type=int, help="image width in pixels (multiple of the VAE scale factor)")
-    @argument("--negative", metavar="TEXT", help="negative prompt for every image")
-    @argument("--seed", type=int, help="base seed: image i uses seed+i (default: random, and shown)")
-    @argument("-k", "--images-per-prompt", type=int, default=1, metavar="K", help="images per prompt")
-    @argument("-b", "--batch-size", type=int, default=1, metavar="B", help="images per forward pass in a worker")
-    @argument(
-        "--schedule",
-        choices=SCHEDULES,
-        default="static",
-        help="static: split jobs up front (split_between_processes); dynamic: workers pull the next job",
-    )
-    @argument("--save-dir", metavar="DIR", help="write each PNG (with its parameters) and manifest.jsonl here")
+    @option_arguments
     @argument("--prompts", metavar="NAME", help="take the prompts from a list in the namespace")
-    @argument("--allow-pickle", action="store_true", help="allow loading pickle (.bin/.ckpt) weights")
     @argument("-o", "--out", metavar="NAME", help="store the GenerationResult in this variable")
     @cell_magic
     def distgen(self, line: str, cell: str) -> GenerationResult:
@@ -73,22 +52,7 @@ class DistgenMagics(Magics):
                 prompts = prompts_from_namespace(args.prompts, ns)
             else:
                 prompts = parse_prompts(cell, ns)
-            options = GenerateOptions(
-                steps=args.steps,
-                guidance=args.guidance,
-                height=args.height,
-                width=args.width,
-                negative=args.negative,
-                seed=args.seed,
-                images_per_prompt=args.images_per_prompt,
-                batch_size=args.batch_size,
-                num_processes=args.num_processes,
-                dtype=args.dtype,
-                device=args.device,
-                save_dir=args.save_dir,
-                schedule=args.schedule,
-                allow_pickle=args.allow_pickle,
-            )
+            options = options_from_args(args)
             result = generate(model, prompts, options=options, observers=[Gallery()])
         except NbdistUsageError as exc:
             raise UsageError(str(exc)) from None

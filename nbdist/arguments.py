@@ -1,0 +1,106 @@
+"""The generation options as command-line arguments, declared once for ``%%distgen`` and ``nbdist generate``.
+
+Both front ends take the same flags with the same help text and defaults; a table keeps them from
+drifting apart. The magic feeds it to IPython's ``magic_arguments`` (so ``%%distgen?`` stays the
+complete help and a bad flag stays a ``UsageError``), the CLI to ``argparse``. Nothing here imports
+IPython.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .options import DEVICES, DTYPES, SCHEDULES, GenerateOptions
+from .placement import DEVICE_MAPS
+
+__all__ = ["OPTION_ARGUMENTS", "Argument", "add_to_parser", "magic_decorators", "options_from_args"]
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One flag: ``argparse.add_argument(*flags, **kwargs)``; ``dest`` is a ``GenerateOptions`` field."""
+
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.kwargs.get("dest") or self.flags[-1].lstrip("-").replace("-", "_")
+
+
+OPTION_ARGUMENTS: tuple[Argument, ...] = (
+    Argument(("--dtype",), {"choices": DTYPES, "help": "weights dtype (default: float16 on GPU, float32 on CPU)"}),
+    Argument(
+        ("-n", "--num-processes"),
+        {"type": int, "metavar": "N", "help": "workers (default: one per visible GPU; on CPU, up to 4 sharing the cores)"},
+    ),
+    Argument(("--device",), {"choices": DEVICES, "default": "auto", "help": "where workers run (default: GPU if any)"}),
+    Argument(
+        ("--device-map",),
+        {
+            "choices": DEVICE_MAPS,
+            "help": "balanced: one process, the model's components spread over all GPUs "
+            "(from_pretrained(device_map='balanced'), for models too big for one GPU; not faster)",
+        },
+    ),
+    Argument(
+        ("--max-memory",),
+        {
+            "metavar": "DEV=SIZE,...",
+            "help": "with --device-map: memory each device may hold, e.g. 0=10GiB,1=10GiB,cpu=30GiB "
+            "(a device left out is not used)",
+        },
+    ),
+    Argument(("--steps",), {"type": int, "default": 30, "help": "denoising steps (default 30)"}),
+    Argument(("--guidance",), {"type": float, "default": 7.5, "help": "classifier-free guidance scale (default 7.5)"}),
+    Argument(("--height",), {"type": int, "help": "image height in pixels (multiple of the VAE scale factor)"}),
+    Argument(("--width",), {"type": int, "help": "image width in pixels (multiple of the VAE scale factor)"}),
+    Argument(("--negative",), {"metavar": "TEXT", "help": "negative prompt for every image"}),
+    Argument(("--seed",), {"type": int, "help": "base seed: image i uses seed+i (default: random, and shown)"}),
+    Argument(("-k", "--images-per-prompt"), {"type": int, "default": 1, "metavar": "K", "help": "images per prompt"}),
+    Argument(
+        ("-b", "--batch-size"),
+        {"type": int, "default": 1, "metavar": "B", "help": "images per forward pass in a worker"},
+    ),
+    Argument(
+        ("--schedule",),
+        {
+            "choices": SCHEDULES,
+            "default": "static",
+            "help": "static: split jobs up front (split_between_processes); dynamic: workers pull the next job",
+        },
+    ),
+    Argument(
+        ("--save-dir",),
+        {"metavar": "DIR", "help": "write each PNG (with its parameters) and manifest.jsonl here"},
+    ),
+    Argument(("--allow-pickle",), {"action": "store_true", "help": "allow loading pickle (.bin/.ckpt) weights"}),
+)
+
+
+def magic_decorators() -> Callable[[Any], Any]:
+    """One decorator that adds every option to a ``magic_arguments`` function, in table order."""
+    from IPython.core.magic_arguments import argument
+
+    def decorate(func: Any) -> Any:
+        # magic_arguments lists arguments in decorator order top to bottom, i.e. reverse application order
+        for arg in reversed(OPTION_ARGUMENTS):
+            func = argument(*arg.flags, **arg.kwargs)(func)
+        return func
+
+    return decorate
+
+
+def add_to_parser(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """Add the options to an ``argparse`` parser, except those whose ``dest`` is in ``skip``."""
+    for arg in OPTION_ARGUMENTS:
+        if arg.dest not in skip:
+            parser.add_argument(*arg.flags, **arg.kwargs)
+
+
+def options_from_args(args: argparse.Namespace) -> GenerateOptions:
+    """``GenerateOptions`` from parsed arguments (of either front end)."""
+    return GenerateOptions(**{arg.dest: getattr(args, arg.dest) for arg in OPTION_ARGUMENTS})
