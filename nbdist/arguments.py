@@ -35,7 +35,11 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
     Argument(("--dtype",), {"choices": DTYPES, "help": "weights dtype (default: float16 on GPU, float32 on CPU)"}),
     Argument(
         ("-n", "--num-processes"),
-        {"type": int, "metavar": "N", "help": "workers (default: one per visible GPU; on CPU, up to 4 sharing the cores)"},
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "workers (default: one per visible GPU; on CPU, up to 4 sharing the cores)",
+        },
     ),
     Argument(("--device",), {"choices": DEVICES, "default": "auto", "help": "where workers run (default: GPU if any)"}),
     Argument(

@@ -9,6 +9,7 @@ heavy is encoded twice and the browser never receives a full-size image it did n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "ImageFailed",
@@ -29,6 +30,7 @@ class WorkerStarted:
     pid: int
     num_jobs: int
     threads: int
+    device_map: dict[str, Any] | None = None  # hf_device_map of a --device-map run
 
 
 @dataclass(frozen=True)

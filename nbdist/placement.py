@@ -108,7 +108,8 @@ def normalise_max_memory(value: str | Mapping[Any, Any] | None) -> MaxMemory | N
             key = _key(str(device))
         if key in result:
             raise NbdistUsageError(f"--max-memory: device {key!r} is given twice")
-        result[key] = size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else parse_size(str(size))
+        exact = isinstance(size, int) and not isinstance(size, bool) and size > 0
+        result[key] = size if exact else parse_size(str(size))
     return result
 
 
@@ -122,7 +123,7 @@ def validate_placement(options: Any) -> None:
     if device_map not in DEVICE_MAPS:
         raise NbdistUsageError(f"unknown --device-map {device_map!r}; choose one of {', '.join(DEVICE_MAPS)}")
     if options.device == "cpu":
-        raise NbdistUsageError("--device-map balanced places the model on GPUs; it cannot be combined with --device cpu")
+        raise NbdistUsageError("--device-map balanced places the model on GPUs; drop --device cpu")
     if options.num_processes not in (None, 1):
         raise NbdistUsageError(
             f"--device-map balanced runs one process that holds the model across all GPUs; -n {options.num_processes} "

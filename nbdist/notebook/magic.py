@@ -56,6 +56,8 @@ class DistgenMagics(Magics):
             result = generate(model, prompts, options=options, observers=[Gallery()])
         except NbdistUsageError as exc:
             raise UsageError(str(exc)) from None
+        if result.device_map:
+            print(f"hf_device_map: {result.device_map}")  # where --device-map balanced put each component
         if args.out:
             ns[args.out] = result
         return result

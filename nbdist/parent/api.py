@@ -83,6 +83,8 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
             "CUDA is already initialised in this kernel, so forked workers cannot use the GPU. "
             "Restart the kernel and run %%distgen before any cell that touches torch.cuda."
         )
+    if options.device_map is not None:
+        return _plan_device_map(model_or_pipe, options)
     device_type = _device_type(options)
     dtype = options.dtype or ("float16" if device_type == "cuda" else "float32")
     n = _num_processes(options, device_type, len(prompts) * options.images_per_prompt)
@@ -91,6 +93,28 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
     if isinstance(scale, int) and scale > 0:
         options.check_size(scale)
     return pipe, name, device_type, dtype, n
+
+
+def _plan_device_map(model_or_pipe: Any, options: GenerateOptions) -> tuple[Any, str, str, str, int]:
+    """``--device-map balanced``: one worker loads the model across the GPUs; the kernel loads nothing.
+
+    Loading here would put a model meant for several GPUs into the kernel's memory, and placing it
+    would initialise CUDA in the kernel; so the plan only checks, and the pipeline slot stays empty.
+    """
+    from ..placement import check_placement
+
+    check_placement(options, visible_gpu_count())
+    if not isinstance(model_or_pipe, str | os.PathLike):
+        raise NbdistUsageError(
+            "--device-map balanced loads the model itself with from_pretrained: give --model ID_OR_PATH, "
+            "not a pipeline that is already loaded"
+        )
+    from ..pipelines import looks_like_path
+
+    model = os.fspath(model_or_pipe)
+    if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
+        raise NbdistUsageError(f"model folder {model!r} does not exist")
+    return None, model, "cuda", options.dtype or "float16", 1
 
 
 def _default_size(pipe: Any) -> tuple[int, int]:

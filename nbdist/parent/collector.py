@@ -55,7 +55,7 @@ class ResultBuilder:
                 record.error, record.traceback = msg.error, msg.traceback
             self.records[msg.index] = record
         elif isinstance(msg, WorkerStarted):
-            self.workers[msg.rank] = WorkerInfo(msg.rank, msg.device, msg.pid, msg.threads)
+            self.workers[msg.rank] = WorkerInfo(msg.rank, msg.device, msg.pid, msg.threads, msg.device_map)
         elif isinstance(msg, WorkerFinished):
             self.finished.add(msg.rank)
             if msg.error is not None:

@@ -52,6 +52,7 @@ class WorkerInfo:
     device: str
     pid: int
     threads: int
+    device_map: dict[str, Any] | None = None  # where --device-map balanced put each component
 
 
 @dataclass
@@ -88,6 +89,11 @@ class GenerationResult(Sequence[ImageRecord]):
 
     def __iter__(self) -> Iterator[ImageRecord]:
         return iter(self.records)
+
+    @property
+    def device_map(self) -> dict[str, Any] | None:
+        """``hf_device_map`` of a ``--device-map`` run (component -> GPU number or "cpu"), else None."""
+        return next((w.device_map for w in self.workers.values() if w.device_map), None)
 
     @property
     def images(self) -> list[Any]:

@@ -60,8 +60,44 @@ def _load(spec: RunSpec) -> Any:
     if spec.pipeline is not None:
         return spec.pipeline
     from ..pipelines import load_pipeline
+    from ..placement import normalise_max_memory
 
-    return load_pipeline(spec.model or "", spec.dtype, allow_pickle=spec.options.allow_pickle)
+    return load_pipeline(
+        spec.model or "",
+        spec.dtype,
+        allow_pickle=spec.options.allow_pickle,
+        device_map=spec.options.device_map,
+        max_memory=normalise_max_memory(spec.options.max_memory),
+    )
+
+
+def _place(pipe: Any, spec: RunSpec, device: str) -> str:
+    """Put the pipeline where this worker runs it; returns the device to report.
+
+    A pipeline this worker loaded with ``--device-map balanced`` is already spread over the GPUs and
+    stays so. A device-mapped pipeline handed over from the parent (e.g. loaded there with
+    ``device_map="cpu"``) carries accelerate hooks that would fight ``.to()``; diffusers requires
+    ``reset_device_map()`` first, which removes them (in this worker's copy only).
+    """
+    if spec.options.device_map is not None:
+        placed = sorted({str(d) for d in _as_dict(pipe.hf_device_map).values()})
+        return f"{spec.options.device_map}:{'+'.join(placed)}"
+    if getattr(pipe, "hf_device_map", None):
+        pipe.reset_device_map()
+    pipe.to(device)
+    return device
+
+
+def _device_map(pipe: Any, spec: RunSpec) -> dict[str, Any] | None:
+    """The ``hf_device_map`` of a ``--device-map`` run, as plain picklable values for the parent."""
+    if spec.options.device_map is None or not getattr(pipe, "hf_device_map", None):
+        return None
+    return {str(k): v if isinstance(v, int | str) else str(v) for k, v in _as_dict(pipe.hf_device_map).items()}
+
+
+def _as_dict(device_map: Any) -> dict[str, Any]:
+    """diffusers keeps a dict per component for "balanced", but just the string for ``device_map="cpu"``."""
+    return dict(device_map) if isinstance(device_map, dict) else {"pipeline": device_map} if device_map else {}
 
 
 def run_worker(spec: RunSpec) -> None:
@@ -76,15 +112,14 @@ def run_worker(spec: RunSpec) -> None:
     try:
         state = _partial_state(spec.device_type)
         rank = state.process_index
-        device = str(state.device)
+        device = "cpu" if state.device.type == "cpu" else str(state.device)  # accelerate may say "cpu:0"
         pipe = _load(spec)
-        if getattr(pipe, "hf_device_map", None):
-            pipe.reset_device_map()
-        pipe.to(device)
+        device = _place(pipe, spec, device)
         pipe.set_progress_bar_config(disable=True)
         batches = list(_my_jobs(state, spec)) if spec.next_job is None else None
         planned = sum(len(b) for b in batches) if batches is not None else -1
-        outbox.send(WorkerStarted(rank, device, os.getpid(), planned, torch.get_num_threads()))
+        threads = torch.get_num_threads()
+        outbox.send(WorkerStarted(rank, device, os.getpid(), planned, threads, device_map=_device_map(pipe, spec)))
         for batch in batches if batches is not None else _my_jobs(state, spec):
             _run_and_send(pipe, batch, spec, outbox, rank, device)
         outbox.send(WorkerFinished(rank))
