@@ -37,8 +37,9 @@ def file_name(job: ImageJob) -> str:
 class DiskWriter:
     """A run observer that saves PNGs and appends to ``manifest.jsonl`` in ``folder``."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, manifest: str = "manifest.jsonl") -> None:
         self.folder = Path(folder)
+        self.manifest = self.folder / manifest  # the CLI under torchrun gives each rank its own, merged at the end
         self.paths: dict[int, Path] = {}
         self._jobs: dict[int, ImageJob] = {}
         self._params: dict[str, Any] = {}
@@ -99,5 +100,5 @@ class DiskWriter:
         msg.to_pil().save(tmp, format="PNG", pnginfo=info, compress_level=4)
         tmp.replace(path)  # a file under its final name is always complete
         line = json.dumps({**meta, "file": path.name}, ensure_ascii=False)
-        with self._manifest_lock, open(self.folder / "manifest.jsonl", "a", encoding="utf-8") as f:
+        with self._manifest_lock, open(self.manifest, "a", encoding="utf-8") as f:
             f.write(line + "\n")
