@@ -1,0 +1,123 @@
+"""``nbdist generate`` / ``python -m nbdist generate``: the notebook's job from a shell or a launcher.
+
+Run plainly, it forks its own workers through ``nbdist.generate`` exactly as ``%%distgen`` does. Run
+under ``torchrun`` or ``accelerate launch`` (detected from the variables they set), it uses the
+processes it was given instead (``nbdist/launched.py``). Either way image ``i`` uses seed ``seed+i``,
+so the images equal the notebook's, and DIR gets the PNGs (parameters in their text chunk),
+``manifest.jsonl`` and ``index.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .arguments import add_to_parser, options_from_args
+from .jobs import ImageJob
+from .options import NbdistUsageError
+
+__all__ = ["build_parser", "main", "read_prompts"]
+
+_EPILOG = """\
+examples:
+  nbdist generate --model runwayml/stable-diffusion-v1-5 --prompts prompts.txt --out out --seed 0
+  torchrun --nproc_per_node=2 -m nbdist generate --model M --prompts prompts.txt --out out --seed 0
+  accelerate launch --multi_gpu --num_processes 2 -m nbdist generate --model M --prompts prompts.txt --out out
+  nbdist generate --model M --prompts prompts.txt --out out --device-map balanced --max-memory 0=10GiB,1=10GiB
+
+Image i of the run uses torch.Generator("cpu").manual_seed(seed+i): the same images as %%distgen
+with the same seed, whatever the launcher or the number of processes."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nbdist`` parser with its ``generate`` command."""
+    parser = argparse.ArgumentParser(prog="nbdist", description="Generate images with diffusion models on every GPU.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    gen = commands.add_parser(
+        "generate",
+        help="generate images for a file of prompts into a folder",
+        description="Generate one image per prompt (K with -k) into DIR: PNGs, manifest.jsonl, index.html.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    gen.add_argument(
+        "-m", "--model", required=True, metavar="ID_OR_PATH", help="hub id or local folder for from_pretrained"
+    )
+    gen.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="one prompt per line ('-' for stdin); blank lines and lines starting with # are skipped",
+    )
+    gen.add_argument(
+        "-p", "--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeatable; after --prompts)"
+    )
+    gen.add_argument(
+        "-o",
+        "--out",
+        "--save-dir",
+        dest="save_dir",
+        required=True,
+        metavar="DIR",
+        help="folder for the PNGs (with their parameters), manifest.jsonl and index.html",
+    )
+    add_to_parser(gen, skip=("save_dir",))
+    return parser
+
+
+def read_prompts(path: str | None, extra: Sequence[str] = ()) -> list[str]:
+    """Prompts of a file (``-`` = stdin) then ``--prompt`` ones: trimmed, blanks and ``#`` lines skipped."""
+    lines: list[str] = []
+    if path is not None:
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise NbdistUsageError(f"--prompts {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise NbdistUsageError(f"--prompts {path}: not a UTF-8 text file") from None
+        lines = text.splitlines()
+    lines.extend(extra)
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def _plain(model: str, prompts: list[str], args: argparse.Namespace) -> int:
+    """Not under a launcher: fork the workers through ``nbdist.generate``, like the magic."""
+    from .parent.api import generate
+    from .parent.index_page import write_index
+    from .parent.terminal import TerminalProgress
+
+    result = generate(model, prompts, options=options_from_args(args), observers=[TerminalProgress(sys.stderr)])
+    entries = [{"index": r.index, "file": r.path.name} for r in result.records if r.ok and r.path is not None]
+    failures = {r.index: r.error for r in result.records if r.error is not None}
+    made = [ImageJob(r.index, r.prompt_index, r.prompt, r.seed) for r in result.records]
+    jobs = sorted([*result.missing, *made], key=lambda j: j.index)
+    summary = result.summary()
+    index = write_index(args.save_dir, jobs, entries, failures=failures, heading=f"{result.model}: {summary}")
+    for failure in result.worker_failures:
+        print(f"nbdist: worker {failure.rank} failed: {failure.error}", file=sys.stderr)
+    if result.device_map:
+        print(f"hf_device_map: {result.device_map}")
+    print(f"nbdist: {summary}", file=sys.stderr)
+    print(f"nbdist: wrote {len(entries)} PNG(s), manifest.jsonl and {index.name} in {args.save_dir}", file=sys.stderr)
+    return 0 if result.complete else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``nbdist``, ``python -m nbdist``); returns the exit status."""
+    from .launched import launched, run_launched
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    env = launched()
+    try:
+        prompts = read_prompts(args.prompts, args.prompt)
+        if env is None:
+            return _plain(args.model, prompts, args)
+        return run_launched(args.model, prompts, options_from_args(args), env)
+    except NbdistUsageError as exc:
+        if env is None or env.rank == 0:
+            parser.exit(2, f"nbdist generate: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130

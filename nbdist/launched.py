@@ -1,0 +1,290 @@
+"""``nbdist generate`` inside processes started by ``torchrun`` or ``accelerate launch`` (one or many nodes).
+
+The launcher has already started one process per GPU (or per CPU slot), on one machine or several,
+so nbdist forks nothing: every process runs the same worker function as under the notebook
+(``run_worker``: ``PartialState``, ``split_between_processes``, image ``i`` from seed ``seed+i``) on its
+share, and handles its own messages in a collector thread of its own.
+
+How results reach disk:
+
+1. Rank 0 picks the seed (unless ``--seed``) and a run token, broadcast to all (gloo).
+2. Rank 0 drops a marker file named after the token in DIR; every rank looks for it, which tells it
+   whether it shares DIR's filesystem with rank 0 (same machine, or NFS) or not (another node).
+3. Each rank writes its PNGs (parameters in the text chunk) into its own DIR as they arrive, and a
+   manifest of its own (``manifest.rank-R.jsonl``): nothing is lost if another rank dies.
+4. When every rank is done, rank 0 gathers the manifest records, plus the PNG bytes of ranks that do
+   not share its filesystem, writes those PNGs, appends the merged records to ``manifest.jsonl`` and
+   writes ``index.html`` covering every image of the run. Then the per-rank manifests are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from .jobs import ImageJob, make_jobs
+from .options import GenerateOptions, NbdistUsageError
+
+__all__ = ["LaunchEnv", "launched", "run_launched"]
+
+# Set by torchrun (and so by ``accelerate launch --multi_gpu``, which runs torchrun) in every process.
+_LAUNCH_VARS = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """Where this process sits in a launcher's job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    launcher: str
+
+
+def launched(env: dict[str, str] | None = None) -> LaunchEnv | None:
+    """The launcher's layout when this process was started by torchrun / accelerate launch, else None."""
+    env = dict(os.environ) if env is None else env
+    if not any(name in env for name in _LAUNCH_VARS) or "WORLD_SIZE" not in env:
+        return None
+    world = int(env["WORLD_SIZE"])
+    launcher = "accelerate launch" if any(k.startswith("ACCELERATE_") for k in env) else "torchrun"
+    return LaunchEnv(
+        rank=int(env.get("RANK", "0")),
+        world_size=world,
+        local_rank=int(env.get("LOCAL_RANK", "0")),
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(world))),
+        launcher=launcher,
+    )
+
+
+def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: LaunchEnv) -> tuple[str, str]:
+    """Everything checkable before the process group forms; identical on every rank. Returns (device, dtype)."""
+    from .parent.devices import visible_gpu_count
+    from .pipelines import looks_like_path
+    from .placement import check_placement
+
+    options.validate()
+    if not prompts:
+        raise NbdistUsageError("no prompts: give --prompts FILE (one prompt per line) or --prompt TEXT")
+    if options.schedule != "static":
+        raise NbdistUsageError(
+            f"--schedule dynamic needs workers forked by nbdist; under {env.launcher} the split is static"
+        )
+    if options.num_processes not in (None, env.world_size):
+        raise NbdistUsageError(
+            f"-n {options.num_processes}: {env.launcher} started {env.world_size} process(es); "
+            "set the number with the launcher (--nproc_per_node / --num_processes) and drop -n"
+        )
+    gpus = visible_gpu_count()
+    check_placement(options, gpus, launched_processes=env.world_size)
+    if options.device == "cuda" and gpus == 0:
+        raise NbdistUsageError("--device cuda: no GPU is visible to this process")
+    device_type = "cpu" if options.device == "cpu" or gpus == 0 else "cuda"
+    if device_type == "cuda" and env.local_world_size > gpus:
+        raise NbdistUsageError(f"{env.launcher} started {env.local_world_size} processes here, but {gpus} GPU(s)")
+    if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
+        raise NbdistUsageError(f"model folder {model!r} does not exist")
+    scale = _vae_scale_factor(model)
+    if scale:
+        options.check_size(scale)
+    return device_type, options.dtype or ("float16" if device_type == "cuda" else "float32")
+
+
+def _read_config(model: str, part: str) -> dict[str, Any]:
+    try:
+        return json.loads((Path(os.path.expanduser(model)) / part / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _vae_scale_factor(model: str) -> int | None:
+    """From a local model folder's VAE config, as diffusers computes it; None when unknown."""
+    channels = _read_config(model, "vae").get("block_out_channels")
+    return 2 ** (len(channels) - 1) if isinstance(channels, list) and channels else None
+
+
+def _default_side(model: str) -> int:
+    sample = _read_config(model, "unet").get("sample_size")
+    scale = _vae_scale_factor(model)
+    return int(sample) * scale if isinstance(sample, int) and scale else 512
+
+
+@contextlib.contextmanager
+def _terminal() -> Iterator[TextIO]:
+    """A stream on the real stderr, kept while the worker points fds 1 and 2 at its log; restored after."""
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    stream = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    try:
+        yield stream
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        os.close(saved_err)
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        stream.close()
+
+
+def _say(text: str) -> None:
+    print(f"nbdist: {text}", file=sys.stderr, flush=True)
+
+
+def run_launched(model: str, prompts: Sequence[str], options: GenerateOptions, env: LaunchEnv) -> int:
+    """Generate this process's share; on rank 0 also merge the manifest and write index.html. Exit code."""
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    from .parent.collector import Collector, ResultBuilder
+    from .parent.observer import RunInfo
+    from .parent.saving import DiskWriter
+    from .parent.terminal import TerminalProgress
+    from .spec import RunSpec
+    from .worker import run_worker
+
+    device_type, dtype = _check(model, prompts, options, env)
+    PartialState(cpu=device_type == "cpu")  # forms the process group (gloo on CPU, NCCL on GPU)
+    # Object collectives go over gloo in a group of their own, with a timeout long enough for the slowest node.
+    group = dist.new_group(backend="gloo", timeout=timedelta(days=7))
+    started = time.monotonic()
+
+    token = secrets.token_hex(8)
+    seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
+    shared = [seed, token]
+    dist.broadcast_object_list(shared, src=0, group=group)
+    seed, token = shared
+    folder = Path(options.save_dir or ".")
+    marker = folder / f".nbdist-run-{token}"
+    if env.rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    dist.barrier(group=group)
+    folder.mkdir(parents=True, exist_ok=True)
+    same_disk = marker.exists()
+
+    opts = options.with_(seed=seed)
+    jobs = make_jobs(prompts, opts.images_per_prompt, seed)
+    side = _default_side(model)
+    info = RunInfo(jobs, opts, model, seed, env.world_size, device_type, opts.height or side, opts.width or side)
+    if env.rank == 0:
+        _say(f"{len(jobs)} image(s) of {model!r}, seed {seed}, on {env.world_size} process(es) ({env.launcher})")
+
+    log_dir = tempfile.mkdtemp(prefix="nbdist-logs-")
+    from .parent.devices import cpu_count
+
+    spec = RunSpec(
+        jobs=jobs,
+        options=opts,
+        device_type=device_type,
+        dtype=dtype,
+        threads_per_worker=max(1, cpu_count() // env.local_world_size) if device_type == "cpu" else 1,
+        log_dir=log_dir,
+        queue=queue.Queue(),
+        pipeline=None,
+        model=model,
+    )
+    builder = ResultBuilder()
+    writer = DiskWriter(folder, manifest=f"manifest.rank-{env.rank}.jsonl")
+    with _terminal() as terminal:
+        progress = TerminalProgress(
+            terminal, live=None if env.world_size == 1 else False, prefix=f"[rank {env.rank}] ", share_only=True
+        )
+        observers = [builder, progress, writer]
+        for obs in observers:
+            obs.on_start(info)
+        collector = Collector(spec.queue, observers, 1)
+        collector.start()
+        try:
+            run_worker(spec)
+        finally:
+            collector.finish()
+            for obs in observers:
+                obs.on_end(None)
+    log = _read_log(log_dir, env.rank)
+    shutil.rmtree(log_dir, ignore_errors=True)
+
+    payload = _payload(writer, builder, env.rank, same_disk, log)
+    gathered: list[Any] | None = [None] * env.world_size if env.rank == 0 else None
+    dist.gather_object(payload, gathered, dst=0, group=group)
+    code = 0 if not builder.worker_failures and all(r.ok for r in builder.records.values()) else 1
+    if env.rank == 0:
+        assert gathered is not None
+        code = _finish(folder, jobs, gathered, model, seed, env, time.monotonic() - started)
+        marker.unlink(missing_ok=True)
+    dist.barrier(group=group)  # index written: the per-rank manifests are no longer needed
+    writer.manifest.unlink(missing_ok=True)
+    dist.destroy_process_group()
+    return code
+
+
+def _read_log(log_dir: str, rank: int) -> str:
+    path = Path(log_dir) / f"worker-{rank}.log"
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
+def _payload(writer: Any, builder: Any, rank: int, same_disk: bool, log: str) -> dict[str, Any]:
+    """What this rank tells rank 0: its manifest records, failures, and PNG bytes if rank 0 cannot see them."""
+    entries = []
+    if writer.manifest.exists():
+        entries = [json.loads(line) for line in writer.manifest.read_text(encoding="utf-8").splitlines() if line]
+    files = {} if same_disk else {e["file"]: (writer.folder / e["file"]).read_bytes() for e in entries}
+    failures = {r.index: r.error for r in builder.records.values() if r.error is not None}
+    worker_errors = [f.error for f in builder.worker_failures]
+    return {
+        "rank": rank,
+        "entries": entries,
+        "files": files,
+        "failures": failures,
+        "worker_errors": worker_errors,
+        "log": log if worker_errors else "",
+    }
+
+
+def _finish(
+    folder: Path, jobs: list[ImageJob], gathered: list[Any], model: str, seed: int, env: LaunchEnv, seconds: float
+) -> int:
+    """Rank 0: write the other nodes' PNGs, the merged manifest and index.html; report. Exit code."""
+    from .parent.index_page import write_index
+
+    entries: list[dict[str, Any]] = []
+    failures: dict[int, str] = {}
+    for part in gathered:
+        for name, data in part["files"].items():
+            tmp = folder / f"{name}.part"
+            tmp.write_bytes(data)
+            tmp.replace(folder / name)
+        entries.extend(part["entries"])
+        failures.update(part["failures"])
+        for error in part["worker_errors"]:
+            _say(f"rank {part['rank']} failed: {error}")
+            if part["log"]:
+                _say(f"rank {part['rank']} log (last lines):\n" + "\n".join(part["log"].splitlines()[-15:]))
+    entries.sort(key=lambda e: e["index"])
+    with open(folder / "manifest.jsonl", "a", encoding="utf-8") as f:
+        for entry in entries:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    done = len({e["index"] for e in entries})
+    missing = len(jobs) - done - len(failures)
+    summary = f"{done} of {len(jobs)} images in {seconds:.1f} s on {env.world_size} process(es), seed {seed}"
+    if failures:
+        summary += f", {len(failures)} failed"
+    if missing:
+        summary += f", {missing} not generated"
+    index = write_index(folder, jobs, entries, failures=failures, heading=f"{model}: {summary}")
+    _say(summary)
+    _say(f"wrote {done} PNG(s), manifest.jsonl and {index.name} in {folder}")
+    return 0 if done == len(jobs) else 1

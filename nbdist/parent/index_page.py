@@ -1,0 +1,63 @@
+"""``index.html`` for a folder of generated PNGs: the static gallery, linking the files next to it.
+
+Written once the run is over (under torchrun: once every rank, on every node, is done), from the
+manifest entries of this run, so it shows each image once, in prompt order, and says which ones
+failed or were never made.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..jobs import ImageJob
+from .static_html import StaticTile, render_gallery
+
+__all__ = ["write_index"]
+
+
+def _tiles(
+    entries: Iterable[Mapping[str, Any]], failures: Mapping[int, str], jobs: Iterable[ImageJob]
+) -> list[StaticTile]:
+    by_index = {int(e["index"]): e for e in entries}
+    tiles = []
+    for job in jobs:
+        entry = by_index.get(job.index)
+        caption = f"#{job.index} {job.prompt}"
+        title = f"{job.prompt} (seed {job.seed})"
+        if entry is not None:
+            tiles.append(StaticTile(src=entry["file"], href=entry["file"], caption=caption, title=title))
+        else:
+            error = failures.get(job.index, "not generated")
+            tiles.append(StaticTile(src=None, caption=caption, title=title, error=error))
+    return tiles
+
+
+def write_index(
+    folder: str | Path,
+    jobs: Iterable[ImageJob],
+    entries: Iterable[Mapping[str, Any]],
+    *,
+    failures: Mapping[int, str] | None = None,
+    heading: str = "",
+) -> Path:
+    """Write ``folder/index.html`` (atomically) and return its path.
+
+    ``entries`` are manifest records (``index`` and ``file`` at least); ``failures`` maps an image
+    index to its error. Every job gets a tile: its image, or why there is none.
+    """
+    path = Path(folder) / "index.html"
+    body = render_gallery(_tiles(entries, failures or {}, jobs), heading)
+    title = html.escape(heading or "nbdist")
+    page = (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{title}</title></head>\n<body>\n{body}\n</body></html>\n"
+    )
+    tmp = path.with_name(f".index.html.{os.getpid()}.part")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,111 @@
+"""Progress of a run on a terminal: one live line on a tty, plain lines anywhere else.
+
+A redrawn line (``\\r``) is what a person at a terminal wants; in a log file, a CI job or under
+``torchrun`` (several processes writing to the same terminal) it turns into garbage, so there each
+event is one line of its own, optionally prefixed with the rank that printed it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from ..messages import ImageFailed, ImageReady, Message, StepProgress, WorkerFinished, WorkerStarted
+from .observer import RunInfo
+from .saving import file_name
+
+__all__ = ["TerminalProgress"]
+
+_BAR = 24
+
+
+class TerminalProgress:
+    """A ``RunObserver`` writing progress to ``stream`` (default: stderr, so stdout stays clean)."""
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        live: bool | None = None,
+        prefix: str = "",
+        share_only: bool = False,
+        interval: float = 0.1,
+    ) -> None:
+        self._stream = stream if stream is not None else sys.stderr
+        self._live = live if live is not None else bool(getattr(self._stream, "isatty", lambda: False)())
+        self._prefix = prefix
+        self._total: int | None = None
+        self._share_only = share_only  # under torchrun: count this process's share, not the whole run
+        self._interval = interval
+        self._jobs: dict[int, Any] = {}
+        self._done = 0
+        self._failed = 0
+        self._step = ""
+        self._started = time.monotonic()
+        self._last_draw = 0.0
+        self._drawn = False
+
+    def on_start(self, run: RunInfo) -> None:
+        self._jobs = {job.index: job for job in run.jobs}
+        self._total = len(run.jobs)
+        self._started = time.monotonic()
+
+    def on_message(self, msg: Message) -> None:
+        if isinstance(msg, WorkerStarted):
+            if self._share_only and msg.num_jobs >= 0:
+                self._total = msg.num_jobs
+            share = f", {msg.num_jobs} image(s)" if msg.num_jobs >= 0 else ""
+            self._event(f"worker {msg.rank} ready on {msg.device}{share}")
+        elif isinstance(msg, StepProgress):
+            self._step = f"step {msg.step}/{msg.total}"
+            self._draw()
+        elif isinstance(msg, ImageReady):
+            self._done += 1
+            self._step = ""
+            job = self._jobs.get(msg.index)
+            name = file_name(job) if job is not None else f"image {msg.index}"
+            self._event(f"[{self._done + self._failed}/{self._total}] {name} (rank {msg.rank}, {msg.seconds:.2f} s)")
+        elif isinstance(msg, ImageFailed):
+            self._failed += 1
+            self._event(f"[{self._done + self._failed}/{self._total}] image {msg.index} FAILED: {msg.error}")
+        elif isinstance(msg, WorkerFinished) and msg.error is not None:
+            self._event(f"worker {msg.rank} FAILED: {msg.error}")
+
+    def on_end(self, result: Any) -> None:
+        if self._live and self._drawn:
+            self._draw(force=True)
+            self._write("\n")
+
+    def _event(self, text: str) -> None:
+        """Something worth a line in a log; on a tty only the live line changes (failures excepted)."""
+        if not self._live:
+            self._write(f"{self._prefix}{text}\n")
+            return
+        if "FAILED" in text:
+            self._write(f"\r\x1b[K{self._prefix}{text}\n")
+        self._draw(force=True)
+
+    def _draw(self, force: bool = False) -> None:
+        if not self._live:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_draw < self._interval:
+            return
+        self._last_draw = now
+        total = self._total or 0
+        finished = self._done + self._failed
+        filled = _BAR * finished // total if total else 0
+        bar = "#" * filled + "-" * (_BAR - filled)
+        extra = f", {self._failed} failed" if self._failed else ""
+        step = f"  {self._step}" if self._step else ""
+        line = f"{self._prefix}[{bar}] {finished}/{total} images{extra}  {now - self._started:.1f} s{step}"
+        self._write(f"\r\x1b[K{line}")
+        self._drawn = True
+
+    def _write(self, text: str) -> None:
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):  # a closed terminal must not stop the run
+            pass
