@@ -6,6 +6,7 @@ and a bad option is a one-line ``UsageError``, not a traceback.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -15,11 +16,29 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..arguments import magic_decorators, options_from_args
 from ..options import NbdistUsageError
 from ..parent.api import generate
+from ..parent.report import end_lines
 from ..parent.results import GenerationResult
 from .gallery import Gallery
 from .prompts import parse_prompts, prompts_from_namespace
 
 __all__ = ["DistgenMagics"]
+
+
+class _StoreResult:
+    """An observer that puts the result in the user's ``-o`` variable as soon as it exists."""
+
+    def __init__(self, ns: dict[str, Any], name: str) -> None:
+        self._ns, self._name = ns, name
+
+    def on_start(self, run: Any) -> None:
+        pass
+
+    def on_message(self, msg: Any) -> None:
+        pass
+
+    def on_end(self, result: GenerationResult) -> None:
+        self._ns[self._name] = result
+
 
 option_arguments = magic_decorators()  # the generation options, shared with the CLI (nbdist/arguments.py)
 
@@ -53,13 +72,16 @@ class DistgenMagics(Magics):
             else:
                 prompts = parse_prompts(cell, ns)
             options = options_from_args(args)
-            result = generate(model, prompts, options=options, observers=[Gallery()])
+            keep = [_StoreResult(ns, args.out)] if args.out else []  # -o is set even if the display fails
+            result = generate(model, prompts, options=options, observers=[*keep, Gallery()])
         except NbdistUsageError as exc:
             raise UsageError(str(exc)) from None
         if result.device_map:
             print(f"hf_device_map: {result.device_map}")  # where --device-map balanced put each component
         if args.out:
             ns[args.out] = result
+        for text in end_lines(result, args.out):  # interrupted / per-worker errors: a few lines, no tracebacks
+            print(text, file=sys.stderr)
         return result
 
     @staticmethod

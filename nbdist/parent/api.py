@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -23,9 +24,9 @@ from ..options import GenerateOptions, NbdistUsageError
 from ..spec import RunSpec
 from .collector import Collector, ResultBuilder
 from .devices import cpu_count, cuda_initialized, visible_gpu_count
-from .launch import launch_workers
+from .launch import LaunchOutcome, launch_workers
 from .observer import RunInfo, RunObserver
-from .results import GenerationResult
+from .results import GenerationResult, WorkerFailure
 from .saving import DiskWriter
 
 __all__ = ["generate", "plan_run"]
@@ -59,6 +60,21 @@ def _num_processes(options: GenerateOptions, device_type: str, num_jobs: int) ->
     if options.num_processes is not None:
         return options.num_processes
     return max(1, min(cpu_count(), 4, num_jobs))
+
+
+def _threads_per_worker(device_type: str, n: int) -> int:
+    """Torch intra-op threads per worker: on the CPU ``cores // n``, so the workers never oversubscribe.
+
+    Measured on 2 cores (benchmarks/RESULTS.md): 2 workers x 1 thread beat 1 worker x 2 threads, and
+    2 x 2 threads (torch's default in every process) is slower than both. ``NBDIST_THREADS_PER_WORKER``
+    overrides it (e.g. when other work shares the machine, or to measure the lever).
+    """
+    override = os.environ.get("NBDIST_THREADS_PER_WORKER")
+    if override:
+        if not override.isdigit() or int(override) < 1:
+            raise NbdistUsageError(f"NBDIST_THREADS_PER_WORKER must be a positive integer, got {override!r}")
+        return int(override)
+    return max(1, cpu_count() // n) if device_type == "cpu" else 1
 
 
 def _pipeline(model_or_pipe: Any, dtype: str, allow_pickle: bool) -> tuple[Any, str]:
@@ -157,7 +173,7 @@ def generate(
         options=opts,
         device_type=device_type,
         dtype=dtype,
-        threads_per_worker=max(1, cpu_count() // n) if device_type == "cpu" else 1,
+        threads_per_worker=_threads_per_worker(device_type, n),
         log_dir=log_dir,
         queue=ctx.Queue(),
         pipeline=pipe,
@@ -174,16 +190,21 @@ def generate(
 
     collector = Collector(spec.queue, all_observers, n)
     started = time.monotonic()
-    interrupted = False
     collector.start()
+    outcome = LaunchOutcome()
     try:
-        launch_workers(run_worker, (spec,), n)
-    except KeyboardInterrupt:
-        interrupted = True
+        outcome = launch_workers(run_worker, (spec,), n)
+    except KeyboardInterrupt:  # before the launcher started waiting: nothing was forked
+        outcome.interrupted = True
     finally:
-        collector.finish()
+        _finish_collecting(collector)
         spec.queue.close()
+    interrupted = outcome.interrupted
     elapsed = time.monotonic() - started
+    if outcome.error is not None and not builder.records:
+        shutil.rmtree(log_dir, ignore_errors=True)
+        raise outcome.error
+    _add_launch_failures(builder, outcome)
 
     result = GenerationResult(
         records=[builder.records[i] for i in sorted(builder.records)],
@@ -203,10 +224,49 @@ def generate(
     if writer is not None:
         for record in result.records:
             record.path = writer.paths.get(record.index)
-    for obs in all_observers:
-        obs.on_end(result)
-    shutil.rmtree(log_dir, ignore_errors=True)
+    try:
+        for obs in all_observers:
+            _end_observer(obs, result)
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
     return result
+
+
+def _finish_collecting(collector: Collector) -> None:
+    """Wait for the collector to drain the queue; a second interrupt must not lose what it holds.
+
+    Bounded: once every worker is gone at most a pipe's worth of messages is left, but a worker killed
+    in the middle of writing one leaves a message that never completes.
+    """
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        try:
+            collector.finish(timeout=max(0.0, deadline - time.monotonic()))
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def _add_launch_failures(builder: ResultBuilder, outcome: LaunchOutcome) -> None:
+    """Workers that died (killed, out of memory, os._exit) become ``WorkerFailure`` records."""
+    for exit_ in outcome.died:
+        if any(f.rank == exit_.rank for f in builder.worker_failures):
+            continue
+        builder.worker_failures.append(WorkerFailure(exit_.rank, f"worker process {exit_.pid} {exit_.describe()}"))
+    if outcome.error is not None:
+        error = f"launcher: {type(outcome.error).__name__}: {outcome.error}"
+        builder.worker_failures.append(WorkerFailure(-1, error))
+    if outcome.leftover_pids:
+        pids = ", ".join(map(str, outcome.leftover_pids))
+        builder.worker_failures.append(WorkerFailure(-1, f"worker process(es) {pids} did not exit after SIGKILL"))
+
+
+def _end_observer(obs: RunObserver, result: GenerationResult) -> None:
+    """``on_end`` of one observer; a failing display must not keep the result from the caller."""
+    try:
+        obs.on_end(result)
+    except Exception as exc:
+        print(f"nbdist: {type(obs).__name__} failed at the end of the run: {exc!r}", file=sys.stderr)
 
 
 def _read_logs(log_dir: str) -> dict[int, str]:

@@ -1,0 +1,67 @@
+"""A few lines at the end of a run that went wrong, instead of one traceback per worker.
+
+In the style of ipyparallel's ``%%px`` errors: one line per worker and error, naming the images it hit;
+the full tracebacks stay one attribute away (``res[i].traceback``, ``res.worker_failures[j].traceback``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from .results import GenerationResult
+
+__all__ = ["end_lines"]
+
+_MAX_INDICES = 4
+_MAX_LINES = 8
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _images(indices: list[int], prompts: dict[int, str]) -> str:
+    shown = ", ".join(f"#{i} {_short(prompts[i], 30)!r}" for i in indices[:_MAX_INDICES])
+    more = len(indices) - _MAX_INDICES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def end_lines(result: GenerationResult, name: str | None = None) -> list[str]:
+    """What to tell the user after the run; empty when every image was made.
+
+    ``name`` is the variable holding the result (``-o``), used to point at it.
+    """
+    var = name or "_"
+    done = sum(1 for r in result.records if r.ok)
+    total = done + len(result.errors) + len(result.missing)
+    lines: list[str] = []
+    if result.interrupted:
+        lines.append(f"interrupted: {done} of {total} images, kept in {var}")
+    by_error: dict[tuple[int | None, str], list[int]] = defaultdict(list)
+    prompts = {r.index: r.prompt for r in result.records}
+    for record in result.errors:
+        by_error[(record.rank, record.error or "")].append(record.index)
+    failures = list(result.worker_failures)
+    if by_error or failures:
+        counts = []
+        if result.errors:
+            counts.append(f"{len(result.errors)} image(s) failed")
+        if failures:
+            counts.append(f"{len(failures)} worker failure(s)")
+        first = result.errors[0].index if result.errors else None
+        where = f"{var}[{first}].traceback" if first is not None else f"{var}.worker_failures[0].traceback"
+        lines.append(f"nbdist: {', '.join(counts)}; full traceback: {where}")
+        rows = [
+            f"  [worker {rank}] {_short(error, 80)}: {_images(indices, prompts)}"
+            for (rank, error), indices in by_error.items()
+        ]
+        for failure in failures:
+            who = "launcher" if failure.rank < 0 else f"worker {failure.rank}"
+            rows.append(f"  [{who}] {_short(failure.error, 100)}")
+        if len(rows) > _MAX_LINES:
+            rows = [*rows[: _MAX_LINES - 1], f"  … and {len(rows) - _MAX_LINES + 1} more"]
+        lines.extend(rows)
+    if result.missing and not result.interrupted:
+        lines.append(f"  {len(result.missing)} image(s) not generated, listed in {var}.missing")
+    return lines
