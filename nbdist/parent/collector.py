@@ -49,6 +49,7 @@ class ResultBuilder:
             if isinstance(msg, ImageReady):
                 record.image = msg.to_pil()
                 record.seconds = msg.seconds
+                record.thumbnail = msg.thumbnail
                 if self.first_image_at is None:
                     self.first_image_at = time.monotonic()
             else:
@@ -94,6 +95,22 @@ class Collector:
                     print(f"nbdist: {type(obs).__name__} failed: {exc!r}", file=sys.stderr)
                 self.observer_errors.append(exc)
 
+    def _tick(self) -> None:
+        """Let observers that coalesce updates (the gallery) flush: after every message and every 50 ms idle.
+
+        ``on_tick`` is optional; an observer decides itself how often it really sends anything.
+        """
+        for obs in self._observers:
+            on_tick = getattr(obs, "on_tick", None)
+            if on_tick is None:
+                continue
+            try:
+                on_tick()
+            except Exception as exc:  # a display bug must not lose results
+                if not self.observer_errors:
+                    print(f"nbdist: {type(obs).__name__} failed: {exc!r}", file=sys.stderr)
+                self.observer_errors.append(exc)
+
     def _run(self) -> None:
         while len(self._finished) < self._num_workers:
             try:
@@ -101,9 +118,11 @@ class Collector:
             except queue_module.Empty:
                 if self._launcher_done.is_set():
                     return
+                self._tick()
                 continue
             except (EOFError, OSError):
                 return
             if isinstance(msg, WorkerFinished):
                 self._finished.add(msg.rank)
             self._dispatch(msg)
+            self._tick()

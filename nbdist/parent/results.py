@@ -28,6 +28,7 @@ class ImageRecord:
     error: str | None = None
     traceback: str | None = None
     path: Path | None = None
+    thumbnail: bytes | None = field(default=None, repr=False)  # the worker's JPEG preview (static gallery)
 
     @property
     def ok(self) -> bool:
@@ -132,3 +133,9 @@ class GenerationResult(Sequence[ImageRecord]):
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        """The static gallery (inline thumbnails): what a saved notebook or nbconvert shows."""
+        from .static_html import result_html
+
+        return result_html(self)

@@ -1,7 +1,15 @@
 """A self-contained HTML gallery: what a saved notebook, nbconvert, GitHub or ``index.html`` shows.
 
 Widgets need a live kernel or saved widget state to render; plain HTML with inline (or linked)
-images renders everywhere. Every string that comes from a prompt is escaped.
+images renders everywhere. Every string that comes from a prompt is escaped. The layout is carried
+by inline styles too, so a viewer that strips ``<style>`` (GitHub, an untrusted notebook) still shows
+a grid of captioned thumbnails.
+
+In a notebook the static copy is the text/html of the run's result (its ``Out[]``), right after the
+live widget gallery. Where both render (JupyterLab, Notebook 7, nbconvert with widget JS) the copy
+hides itself with a CSS rule that only matches when the live gallery of the same run is its sibling;
+where the widget cannot render (no kernel, no widget state) the copy shows and hides the widget's
+empty placeholder or "model not found" line instead. See README, "Gallery".
 """
 
 from __future__ import annotations
@@ -10,19 +18,24 @@ import base64
 import html
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["StaticTile", "data_uri", "render_gallery"]
+__all__ = ["StaticTile", "data_uri", "live_class", "render_gallery", "result_html", "result_token", "static_class"]
 
 
 @dataclass(frozen=True)
 class StaticTile:
-    """One tile: an image source (data URI or relative path), a caption, and an optional error."""
+    """One tile: an image source (data URI or relative path), a caption, and an optional error.
+
+    ``detail`` is an optional second, smaller caption line (seed, worker, seconds).
+    """
 
     src: str | None
     caption: str
     title: str
     error: str | None = None
     href: str | None = None
+    detail: str = ""
 
 
 def data_uri(jpeg: bytes) -> str:
@@ -30,31 +43,120 @@ def data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
+def result_token(result: Any) -> str:
+    """A token that pairs one run's live gallery with its static copy in the same output area."""
+    return f"{id(result):x}"
+
+
+def live_class(token: str) -> str:
+    """CSS class the live widget gallery of run ``token`` carries."""
+    return f"nbdist-live-{token}"
+
+
+def static_class(token: str) -> str:
+    """CSS class the static copy of run ``token`` carries."""
+    return f"nbdist-static-{token}"
+
+
 _STYLE = (
     ".nbdist-static{font-family:system-ui,sans-serif;font-size:12px}"
     ".nbdist-static .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:8px}"
-    ".nbdist-static figure{margin:0;border:1px solid #ddd;border-radius:6px;padding:4px;background:#fafafa}"
+    ".nbdist-static figure{margin:0!important;width:auto!important;border:1px solid #ddd;border-radius:6px;"
+    "padding:4px;background:#fafafa}"
     ".nbdist-static img{width:100%;height:auto;display:block;border-radius:4px}"
     ".nbdist-static figcaption{margin-top:4px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}"
-    ".nbdist-static .err{color:#b00020;white-space:pre-wrap}"
+    ".nbdist-static small{color:#666}"
+    ".nbdist-static .err{color:#b00020;white-space:pre-wrap;overflow-wrap:anywhere}"
 )
 
+_FIGURE_STYLE = "display:inline-block;vertical-align:top;width:180px;margin:4px;font-size:12px"
 
-def render_gallery(tiles: Iterable[StaticTile], heading: str = "") -> str:
-    """HTML for a grid of captioned images; the heading is a one-line summary of the run."""
-    parts = [f'<div class="nbdist-static"><style>{_STYLE}</style>']
+
+def _pairing_rules(token: str) -> str:
+    """The two rules that keep exactly one gallery visible per run (see the module docstring).
+
+    ``.jp-OutputArea-child`` is the output wrapper of JupyterLab, Notebook 7 and nbconvert's lab
+    template; elsewhere the rules match nothing and the static copy simply shows.
+    """
+    live, static = live_class(token), static_class(token)
+    child = ".jp-OutputArea-child"
+    return (
+        f"{child}:has(.{live})~{child}:has(.{static}){{display:none}}"
+        f"{child}:has(+{child} .{static}):has(.jupyter-widgets):not(:has(.{live})){{display:none}}"
+    )
+
+
+def render_gallery(tiles: Iterable[StaticTile], heading: str = "", *, token: str = "") -> str:
+    """HTML for a grid of captioned images; the heading is a one-line summary of the run.
+
+    ``token`` (from ``result_token``) tags the copy of a notebook run so it can pair with the live
+    gallery; ``index.html`` leaves it empty.
+    """
+    classes = "nbdist-static" + (f" {static_class(token)}" if token else "")
+    style = _STYLE + (_pairing_rules(token) if token else "")
+    parts = [f'<div class="{classes}"><style>{style}</style>']
     if heading:
         parts.append(f"<p>{html.escape(heading)}</p>")
     parts.append('<div class="grid">')
     for tile in tiles:
         title = html.escape(tile.title, quote=True)
         body = (
-            f'<img src="{html.escape(tile.src, quote=True)}" alt="{title}" loading="lazy">'
+            f'<img src="{html.escape(tile.src, quote=True)}" alt="{title}" loading="lazy" style="width:100%">'
             if tile.src
-            else f'<div class="err">{html.escape(tile.error or "not generated")}</div>'
+            else f'<div class="err" style="color:#b00020">{html.escape(tile.error or "not generated")}</div>'
         )
         if tile.href and tile.src:
             body = f'<a href="{html.escape(tile.href, quote=True)}">{body}</a>'
-        parts.append(f'<figure title="{title}">{body}<figcaption>{html.escape(tile.caption)}</figcaption></figure>')
+        detail = f"<br><small>{html.escape(tile.detail)}</small>" if tile.detail else ""
+        parts.append(
+            f'<figure title="{title}" style="{_FIGURE_STYLE}">{body}'
+            f"<figcaption>{html.escape(tile.caption)}{detail}</figcaption></figure>"
+        )
     parts.append("</div></div>")
     return "".join(parts)
+
+
+def _detail(record: Any) -> str:
+    parts = [f"#{record.index}", f"seed {record.seed}"]
+    if record.rank is not None:
+        parts.append(f"worker {record.rank}" + (f" ({record.device})" if record.device else ""))
+    if record.seconds is not None:
+        parts.append(f"{record.seconds:.1f} s")
+    return " · ".join(parts)
+
+
+def result_html(result: Any) -> str:
+    """The static gallery of a ``GenerationResult``: every image's thumbnail inline, in prompt order.
+
+    Jobs that never finished get a tile saying so, so a partial run shows exactly what it lacks.
+    """
+    tiles: list[tuple[int, StaticTile]] = []
+    for record in result.records:
+        thumb = getattr(record, "thumbnail", None)
+        tiles.append(
+            (
+                record.index,
+                StaticTile(
+                    src=data_uri(thumb) if thumb else None,
+                    caption=record.prompt,
+                    title=record.prompt,
+                    error=record.error or (None if thumb else "no thumbnail"),
+                    detail=_detail(record),
+                ),
+            )
+        )
+    for job in result.missing:
+        tiles.append(
+            (
+                job.index,
+                StaticTile(
+                    src=None,
+                    caption=job.prompt,
+                    title=job.prompt,
+                    error="not generated",
+                    detail=f"#{job.index} · seed {job.seed}",
+                ),
+            )
+        )
+    tiles.sort(key=lambda pair: pair[0])
+    return render_gallery([t for _, t in tiles], heading=result.summary(), token=result_token(result))
