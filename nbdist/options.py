@@ -8,6 +8,7 @@ before any process starts.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -96,3 +97,9 @@ def check_writable_dir(path: Path) -> None:
         raise NbdistUsageError(f"--save-dir {str(path)!r}: {str(probe)!r} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise NbdistUsageError(f"--save-dir {str(path)!r} is not writable")
+    # os.access says yes to root everywhere, and knows nothing of read-only mounts or /proc: try it.
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise NbdistUsageError(f"--save-dir {str(path)!r} is not writable") from exc

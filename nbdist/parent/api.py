@@ -26,6 +26,7 @@ from .collector import Collector, ResultBuilder
 from .devices import cpu_count, cuda_initialized, visible_gpu_count
 from .launch import LaunchOutcome, launch_workers
 from .observer import RunInfo, RunObserver
+from .prompt_check import truncation_warning
 from .results import GenerationResult, WorkerFailure
 from .saving import DiskWriter
 
@@ -94,10 +95,11 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
     options.validate()
     if not prompts:
         raise NbdistUsageError("no prompts: write one prompt per line in the cell")
-    if cuda_initialized():
+    if options.device != "cpu" and cuda_initialized():
         raise NbdistUsageError(
             "CUDA is already initialised in this kernel, so forked workers cannot use the GPU. "
-            "Restart the kernel and run %%distgen before any cell that touches torch.cuda."
+            "Restart the kernel and run %%distgen before any cell that touches the GPU "
+            "(.to('cuda'), torch.cuda calls, Accelerator(), importing bitsandbytes)."
         )
     if options.device_map is not None:
         return _plan_device_map(model_or_pipe, options)
@@ -160,6 +162,9 @@ def generate(
     opts = _options(options, overrides)
     prompts = list(prompts)
     pipe, name, device_type, dtype, n = plan_run(model_or_pipe, prompts, opts)
+    warning = truncation_warning(pipe, prompts)
+    if warning:
+        print(warning, file=sys.stderr)
     seed = opts.seed if opts.seed is not None else secrets.randbelow(2**31)
     opts = opts.with_(seed=seed)
     jobs = make_jobs(prompts, opts.images_per_prompt, seed)

@@ -58,7 +58,38 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _child_in_bad_fork() -> bool:
+    """Fork a throwaway child and ask torch there whether it is in a "bad fork".
+
+    torch marks a child as poisoned (``torch.cuda._is_in_bad_fork()``) when CUDA was initialised in
+    its parent, through whatever path, including ones that ``torch.cuda.is_initialized()`` in the
+    parent does not report (Lightning switched to this check for that reason). The child only reads a
+    flag and leaves with ``os._exit``: no atexit handler, no flush, nothing of the kernel's state runs.
+    """
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            import torch
+
+            bad = bool(torch.cuda._is_in_bad_fork())
+        except BaseException:
+            bad = False
+        os._exit(1 if bad else 0)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 1
+
+
 def cuda_initialized() -> bool:
-    """Whether torch has initialised CUDA in this process (then forked workers cannot use it)."""
+    """Whether CUDA was initialised in this process, so that forked workers could not use it.
+
+    Without torch imported nothing here can have initialised it through torch; a CPU-only build of
+    torch cannot initialise it at all. Otherwise: torch's own flag, then the bad-fork probe.
+    """
     torch = sys.modules.get("torch")
-    return bool(torch is not None and torch.cuda.is_initialized())
+    if torch is None:
+        return False
+    if torch.cuda.is_initialized():
+        return True
+    if not torch.backends.cuda.is_built():
+        return False
+    return _child_in_bad_fork()
