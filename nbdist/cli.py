@@ -112,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = launched()
     try:
         prompts = read_prompts(args.prompts, args.prompt)
+        if not prompts:
+            raise NbdistUsageError("no prompts: give --prompts FILE (one prompt per line) or --prompt TEXT")
         if env is None:
             return _plain(args.model, prompts, args)
         return run_launched(args.model, prompts, options_from_args(args), env)

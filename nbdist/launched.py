@@ -122,6 +122,19 @@ def _default_side(model: str) -> int:
     return int(sample) * scale if isinstance(sample, int) and scale else 512
 
 
+def _threads(device_type: str, env: LaunchEnv) -> int:
+    """Torch threads per process: ``OMP_NUM_THREADS`` when set (torchrun sets 1 for several processes
+    per node, and a user tunes it there), else this node's cores shared among its processes."""
+    from .parent.devices import cpu_count
+
+    if device_type != "cpu":
+        return 1
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return max(1, cpu_count() // env.local_world_size)
+
+
 @contextlib.contextmanager
 def _terminal() -> Iterator[TextIO]:
     """A stream on the real stderr, kept while the worker points fds 1 and 2 at its log; restored after."""
@@ -157,6 +170,8 @@ def run_launched(model: str, prompts: Sequence[str], options: GenerateOptions, e
     from .worker import run_worker
 
     device_type, dtype = _check(model, prompts, options, env)
+    threads = _threads(device_type, env)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # else accelerate picks a number and warns
     PartialState(cpu=device_type == "cpu")  # forms the process group (gloo on CPU, NCCL on GPU)
     # Object collectives go over gloo in a group of their own, with a timeout long enough for the slowest node.
     group = dist.new_group(backend="gloo", timeout=timedelta(days=7))
@@ -184,14 +199,12 @@ def run_launched(model: str, prompts: Sequence[str], options: GenerateOptions, e
         _say(f"{len(jobs)} image(s) of {model!r}, seed {seed}, on {env.world_size} process(es) ({env.launcher})")
 
     log_dir = tempfile.mkdtemp(prefix="nbdist-logs-")
-    from .parent.devices import cpu_count
-
     spec = RunSpec(
         jobs=jobs,
         options=opts,
         device_type=device_type,
         dtype=dtype,
-        threads_per_worker=max(1, cpu_count() // env.local_world_size) if device_type == "cpu" else 1,
+        threads_per_worker=threads,
         log_dir=log_dir,
         queue=queue.Queue(),
         pipeline=None,

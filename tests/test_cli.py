@@ -1,0 +1,289 @@
+"""``nbdist generate``: plain, under torchrun, under accelerate launch, and as two torchrun "nodes".
+
+Every run is a real subprocess with the real launcher and the real (tiny) diffusers pipeline on CPU
+(gloo). Each checks the folder it leaves: every expected PNG exactly once, nothing else, parameters in
+the PNG text chunk, a manifest line per image, an index.html linking each PNG once, and pixels equal
+(within 2/255) to a plain diffusers call with seed ``seed + i``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nbdist.jobs import make_jobs
+from nbdist.launched import LaunchEnv, _check, launched
+from nbdist.messages import ImageFailed, ImageReady, StepProgress, WorkerStarted
+from nbdist.options import GenerateOptions, NbdistUsageError
+from nbdist.parent.launch import free_port
+from nbdist.parent.observer import RunInfo
+from nbdist.parent.saving import file_name
+from nbdist.parent.terminal import TerminalProgress
+
+PROMPTS = ["a dog", "a cat", "an astronaut riding a horse"]
+STEPS = 2
+BIN = Path(sys.executable).parent
+TIMEOUT = 300
+_REFERENCES: dict[tuple[str, int], Image.Image] = {}
+
+
+def reference(pipe, prompt: str, seed: int) -> Image.Image:
+    """A plain diffusers call for one image (cached: several runs check the same images)."""
+    key = (prompt, seed)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = pipe(
+            prompt, num_inference_steps=STEPS, guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(seed)
+        ).images[0]
+    return _REFERENCES[key]
+
+
+def max_diff(a: Image.Image, b: Image.Image) -> int:
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+@pytest.fixture
+def prompts_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("# my prompts\na dog\n\na cat\n  an astronaut riding a horse  \n", encoding="utf-8")
+    return path
+
+
+def generate_args(model: str, prompts: Path, out: Path, seed: int, *extra: str) -> list[str]:
+    return [
+        "-m",
+        "nbdist",
+        "generate",
+        "--model",
+        model,
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--steps",
+        str(STEPS),
+        "--seed",
+        str(seed),
+        *extra,
+    ]
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert proc.returncode == 0, f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def check_folder(out: Path, pipe, seed: int, k: int = 1) -> list[dict]:
+    """The folder holds exactly this run's images, each once and right; returns the manifest entries."""
+    jobs = make_jobs(PROMPTS, k, seed)
+    names = [file_name(job) for job in jobs]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "index.html", "manifest.jsonl"])
+
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sorted(e["index"] for e in entries) == [job.index for job in jobs]  # each image exactly once
+    for entry in entries:
+        job = jobs[entry["index"]]
+        assert (entry["prompt"], entry["seed"], entry["file"]) == (job.prompt, job.seed, file_name(job))
+
+    for job, name in zip(jobs, names, strict=True):
+        image = Image.open(out / name)
+        image.load()
+        assert image.text["prompt"] == job.prompt and image.text["seed"] == str(job.seed)
+        assert image.text["steps"] == str(STEPS)
+        assert json.loads(image.text["nbdist"])["index"] == job.index
+        assert max_diff(image.convert("RGB"), reference(pipe, job.prompt, job.seed)) <= 2, name
+
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>")
+    linked = re.findall(r'<img src="([^"]+)"', page)
+    assert linked == names  # every image once, in prompt order
+    assert f"{len(jobs)} of {len(jobs)} images" in page
+    return entries
+
+
+def test_plain_cli_forks_its_own_workers(tiny_model, tiny_pipe, prompts_file, tmp_path) -> None:
+    out = tmp_path / "out"
+    proc = run([sys.executable, *generate_args(tiny_model, prompts_file, out, 10, "-n", "2")], tmp_path)
+    entries = check_folder(out, tiny_pipe, 10)
+    assert {e["rank"] for e in entries} == {0, 1}
+    assert "3 of 3 images" in proc.stderr and "seed 10" in proc.stderr
+    assert "[3/3]" in proc.stderr  # progress lines (stderr is not a tty here)
+    assert "\r" not in proc.stderr
+
+
+def test_cli_under_torchrun_uses_the_given_processes(tiny_model, tiny_pipe, prompts_file, tmp_path) -> None:
+    out = tmp_path / "out"
+    cmd = [
+        str(BIN / "torchrun"),
+        "--standalone",
+        "--nproc_per_node=2",
+        *generate_args(tiny_model, prompts_file, out, 20),
+    ]
+    proc = run(cmd, tmp_path)
+    entries = check_folder(out, tiny_pipe, 20)
+    assert {e["rank"] for e in entries} == {0, 1}  # the launcher's two processes split the work
+    assert "on 2 process(es) (torchrun)" in proc.stderr
+    assert proc.stderr.count("3 of 3 images") == 1  # rank 0 reports the whole run, once
+
+
+def test_cli_under_accelerate_launch(tiny_model, tiny_pipe, prompts_file, tmp_path) -> None:
+    out = tmp_path / "out"
+    cmd = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--multi_gpu",  # on a CPU-only machine: torchrun-style CPU processes with gloo
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        *generate_args(tiny_model, prompts_file, out, 30),
+    ]
+    proc = run(cmd, tmp_path)
+    entries = check_folder(out, tiny_pipe, 30)
+    assert {e["rank"] for e in entries} == {0, 1}
+    assert "on 2 process(es) (accelerate launch)" in proc.stderr
+
+
+def test_two_nodes_without_a_shared_folder(tiny_model, tiny_pipe, prompts_file, tmp_path) -> None:
+    """Two torchrun agents on loopback, each writing to its own folder as separate machines would.
+
+    Each node keeps the PNGs of its share; the node where rank 0 ran receives the others' PNGs and
+    writes the manifest and the index covering every image once both nodes are done.
+    """
+    port = free_port()
+    procs = []
+    for name in ("node-a", "node-b"):
+        cmd = [
+            str(BIN / "torchrun"),
+            "--nnodes=2",
+            "--nproc_per_node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--rdzv-id=nbdist-test",
+            *generate_args(tiny_model, prompts_file, tmp_path / name, 40),
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two "machines" sharing this one's cores
+        procs.append(
+            subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=TIMEOUT)[0])
+        finally:
+            proc.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n---\n".join(outputs)
+
+    folders = [tmp_path / "node-a", tmp_path / "node-b"]
+    main = [f for f in folders if (f / "index.html").exists()]
+    assert len(main) == 1, "exactly one node (rank 0's) writes the index"
+    entries = check_folder(main[0], tiny_pipe, 40)
+    assert {e["rank"] for e in entries} == {0, 1}
+    other = next(f for f in folders if f is not main[0])
+    own = sorted(p.name for p in other.iterdir())
+    assert own == sorted(e["file"] for e in entries if e["rank"] == 1), "the other node keeps its own share only"
+    assert sum("3 of 3 images" in text for text in outputs) == 1
+
+
+def test_cli_usage_errors_are_one_line(tiny_model, prompts_file, tmp_path) -> None:
+    def fails(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "nbdist", "generate", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "out").exists()
+        return proc.stderr
+
+    base = ["--model", tiny_model, "--out", str(tmp_path / "out")]
+    assert "--prompts nope.txt: No such file or directory" in fails(*base, "--prompts", "nope.txt")
+    assert "no prompts" in fails(*base, "--prompts", os.devnull)
+    assert "--steps must be a positive integer" in fails(*base, "-p", "a dog", "--steps", "0")
+    assert "'0:5GB' has no '='" in fails(*base, "-p", "a", "--device-map", "balanced", "--max-memory", "0:5GB")
+    assert "the following arguments are required: -o/--out/--save-dir" in fails("--model", tiny_model, "-p", "a")
+
+
+def test_launch_detection() -> None:
+    assert launched({}) is None
+    assert launched({"WORLD_SIZE": "2"}) is None  # no launcher variables: a plain run
+    env = launched(
+        {"TORCHELASTIC_RUN_ID": "x", "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    )
+    assert env == LaunchEnv(rank=3, world_size=4, local_rank=1, local_world_size=2, launcher="torchrun")
+    acc = launched({"LOCAL_RANK": "0", "WORLD_SIZE": "2", "ACCELERATE_MIXED_PRECISION": "no"})
+    assert acc is not None and acc.launcher == "accelerate launch"
+
+
+def test_launched_checks_before_the_process_group(tiny_model) -> None:
+    env = LaunchEnv(rank=0, world_size=2, local_rank=0, local_world_size=2, launcher="torchrun")
+    ok = GenerateOptions(steps=2, seed=0)
+    assert _check(tiny_model, PROMPTS, ok, env) == ("cpu", "float32")
+    with pytest.raises(NbdistUsageError, match="--schedule dynamic needs workers forked by nbdist"):
+        _check(tiny_model, PROMPTS, ok.with_(schedule="dynamic"), env)
+    with pytest.raises(NbdistUsageError, match="-n 3: torchrun started 2 process"):
+        _check(tiny_model, PROMPTS, ok.with_(num_processes=3), env)
+    with pytest.raises(NbdistUsageError, match="not a multiple of 2"):
+        _check(tiny_model, PROMPTS, ok.with_(height=61), env)
+    with pytest.raises(NbdistUsageError, match="does not exist"):
+        _check("./no-such-model", PROMPTS, ok, env)
+
+
+def _info() -> RunInfo:
+    jobs = make_jobs(["a dog", "a cat"], 1, 0)
+    return RunInfo(jobs, GenerateOptions(), "m", 0, 2, "cpu", 64, 64)
+
+
+def _ready(index: int, rank: int) -> ImageReady:
+    return ImageReady(index, rank, "cpu", 0.5, "RGB", (1, 1), b"\0\0\0", b"")
+
+
+def test_terminal_progress_plain_lines() -> None:
+    stream = io.StringIO()
+    progress = TerminalProgress(stream, prefix="[rank 1] ")
+    progress.on_start(_info())
+    progress.on_message(WorkerStarted(1, "cpu", 1, 2, 1))
+    progress.on_message(StepProgress(1, (0,), 1, 2))
+    progress.on_message(_ready(0, 1))
+    progress.on_message(ImageFailed(1, 1, "cpu", "ValueError: boom", ""))
+    progress.on_end(None)
+    assert stream.getvalue().splitlines() == [
+        "[rank 1] worker 1 ready on cpu, 2 image(s)",
+        "[rank 1] [1/2] 00000-a-dog.png (rank 1, 0.50 s)",
+        "[rank 1] [2/2] image 1 FAILED: ValueError: boom",
+    ]
+
+
+def test_terminal_progress_live_line() -> None:
+    stream = io.StringIO()
+    progress = TerminalProgress(stream, live=True, interval=0)
+    progress.on_start(_info())
+    progress.on_message(StepProgress(0, (0,), 1, 2))
+    progress.on_message(_ready(0, 0))
+    progress.on_message(_ready(1, 1))
+    progress.on_end(None)
+    text = stream.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")  # one line, redrawn
+    assert "step 1/2" in text
+    assert text.rstrip("\n").rsplit("\r", 1)[-1].startswith("\x1b[K[" + "#" * 24 + "] 2/2 images")
