@@ -111,6 +111,7 @@ def run_worker(spec: RunSpec) -> None:
     outbox = Outbox(spec.queue, spec.options.thumbnail_size)
     try:
         state = _partial_state(spec.device_type)
+        torch.set_num_threads(spec.threads_per_worker)  # accelerate's multi-CPU setup resets it to cores // n
         rank = state.process_index
         device = "cpu" if state.device.type == "cpu" else str(state.device)  # accelerate may say "cpu:0"
         pipe = _load(spec)
