@@ -48,11 +48,11 @@ class Execution:
         return [m for m in self.messages if m.msg_type in types]
 
     def image_updates(self) -> list[Received]:
-        """Widget updates that carry image bytes (``Image.value`` travels as a binary buffer)."""
+        """Widget state updates that carry binary buffers: in nbdist's gallery, only image bytes do."""
         out = []
         for m in self.of_type("comm_msg"):
             data = m.content.get("data", {})
-            if data.get("method") == "update" and m.buffers and "value" in str(data.get("buffer_paths", "")):
+            if data.get("method") == "update" and m.buffers:
                 out.append(m)
         return out
 
