@@ -42,7 +42,7 @@ def quiet_libraries() -> Iterator[None]:
 
     d_level, t_level = dlog.get_verbosity(), tlog.get_verbosity()
     d_bar, t_bar = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
-    dlog.set_verbosity_error()
+    dlog.set_verbosity(dlog.CRITICAL)  # its load errors are raised too (and made short): no duplicate log line
     tlog.set_verbosity_error()
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
@@ -86,7 +86,9 @@ def load_pipeline(
     with quiet_libraries():
         from diffusers import DiffusionPipeline
 
-        kwargs: dict[str, Any] = {"torch_dtype": torch_dtype(dtype), "use_safetensors": not allow_pickle}
+        # allow_pickle: safetensors where present, pickle elsewhere (False would refuse safetensors files).
+        safetensors = None if allow_pickle else True
+        kwargs: dict[str, Any] = {"torch_dtype": torch_dtype(dtype), "use_safetensors": safetensors}
         if device_map is not None:
             kwargs["device_map"] = device_map
         if max_memory is not None:
@@ -94,6 +96,11 @@ def load_pipeline(
         try:
             return DiffusionPipeline.from_pretrained(expanded if os.path.isdir(expanded) else model, **kwargs)
         except OSError as exc:
+            if os.path.isdir(expanded) and not allow_pickle and "safetensors" in str(exc):
+                raise NbdistUsageError(
+                    f"{model!r} has no safetensors weights for every component; pass --allow-pickle to load its "
+                    "pickle files (only for a model you trust: pickle can run code)"
+                ) from exc
             if os.path.isdir(expanded):
                 raise NbdistUsageError(f"could not load the model in {model!r}: {exc}") from exc
             raise NbdistUsageError(

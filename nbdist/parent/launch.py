@@ -182,6 +182,10 @@ class _LauncherThread(threading.Thread):
             self._target_fn()
         except BaseException as exc:  # handed to the main thread, never lost
             self.raised = exc
+        finally:
+            # ipykernel keeps threads started in a cell; without this the run's spec (its queue's pipe,
+            # the pipeline) would live as long as the kernel. threading.Thread.run does the same.
+            del self._target_fn
 
 
 def _workers(before: set[int]) -> list[Any]:
