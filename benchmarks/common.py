@@ -134,11 +134,13 @@ def tree_pss(root_pid: int) -> int:
 class PssSampler:
     """Samples ``tree_pss`` of a process tree on a thread; ``peak`` is the largest sum seen.
 
-    The interval is a trade-off on a 2-core machine: reading smaps_rollup costs CPU that the
-    benchmark itself needs, and a too-coarse interval misses short peaks.
+    The interval is a trade-off on a 2-core machine: reading smaps_rollup makes the kernel walk the
+    page tables, ~5-9 ms per torch process here, CPU the benchmark itself needs (at 0.1 s and 4
+    processes that was a third of a core); a coarse interval can miss a short peak, but the peaks here
+    are plateaus (weights, libraries, activations) lasting the whole run.
     """
 
-    def __init__(self, root_pid: int, interval: float = 0.1) -> None:
+    def __init__(self, root_pid: int, interval: float = 0.5) -> None:
         self._root = root_pid
         self._interval = interval
         self._stop = threading.Event()

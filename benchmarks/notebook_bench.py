@@ -69,9 +69,7 @@ def _image_updates(ex: Execution) -> list[Any]:
     Only images travel as buffers (progress and captions are plain JSON state), whatever the trait
     is called, so this does not depend on the gallery's internals.
     """
-    return [
-        m for m in ex.of_type("comm_msg") if m.buffers and m.content.get("data", {}).get("method") == "update"
-    ]
+    return [m for m in ex.of_type("comm_msg") if m.buffers and m.content.get("data", {}).get("method") == "update"]
 
 
 def _distgen(flags: str, prompts: list[str]) -> str:

@@ -33,9 +33,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import PssSampler, max_abs_diff  # noqa: E402
+from encoding import encoding_table  # noqa: E402
 from notebook_bench import run_notebook_scenarios  # noqa: E402
 
 STEPS = {"tiny": 4, "cpu": 4}
+ANALYSIS = "## Analysis"  # RESULTS.md from this heading on is hand-written and kept across runs
 
 
 @dataclass
@@ -319,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
         section = f"### {size}\n\n{text}\n\nTargets (-n {','.join(map(str, args.ns))}):\n\n" + "\n".join(checks)
         print(section, flush=True)
         sections.append(section)
+    enc = encoding_table()
+    sections.append(f"### Handing an image over (encoding off the critical path)\n\n{enc}")
+    print(enc, flush=True)
     load_after = os.getloadavg()
     header = (
         f"Machine: {machine()}.\n\nLoad average (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/"
@@ -327,7 +332,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(header)
     if results is not None:
-        results.write_text(_results_doc(header, sections, argv), encoding="utf-8")
+        kept = ""
+        if results.exists():  # a hand-written analysis below the tables survives a re-run
+            previous = results.read_text(encoding="utf-8")
+            kept = previous[previous.index(ANALYSIS) :] if ANALYSIS in previous else ""
+        results.write_text(_results_doc(header, sections, argv) + ("\n" + kept if kept else ""), encoding="utf-8")
         print(f"wrote {results}")
 
 

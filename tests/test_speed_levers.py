@@ -2,12 +2,15 @@
 
 ``--schedule dynamic`` (workers pull the next batch from a shared counter) must make every image
 exactly once, with the pixels of a plain diffusers call, whichever worker got it;
-``NBDIST_THREADS_PER_WORKER`` must reach the workers' torch and reject nonsense before anything starts.
+``NBDIST_THREADS_PER_WORKER`` must reach the workers' torch and reject nonsense before anything starts;
+the GC freeze that keeps forked workers from copying the kernel's heap must be undone afterwards.
 (``--batch-size`` equality is covered in test_generate.py.) No timings are asserted here: speed is
 measured by benchmarks/run.py.
 """
 
 from __future__ import annotations
+
+import gc
 
 import numpy as np
 import pytest
@@ -42,6 +45,7 @@ def test_threads_per_worker_override_reaches_the_workers(tiny_model: str, monkey
     result = nbdist.generate(tiny_model, PROMPTS[:2], steps=1, seed=0, num_processes=2, device="cpu")
     assert result.complete, result.summary()
     assert [w.threads for w in result.workers.values()] == [3, 3]
+    assert gc.get_freeze_count() == 0  # the GC freeze around the fork is undone: the kernel collects again
 
 
 def test_default_threads_share_the_cores(tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ was interrupted or a worker failed.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import secrets
@@ -197,11 +198,17 @@ def generate(
     started = time.monotonic()
     collector.start()
     outcome = LaunchOutcome()
+    # Objects alive now (the pipeline's modules, every imported library) go to the GC's permanent
+    # generation until the workers are gone: a full collection in a worker (the GC's thresholds, or a
+    # library's gc.collect()) would otherwise write to all their headers and copy-on-write ~95 MB of the
+    # kernel's heap into each worker (measured with the "cpu" tiny pipeline; benchmarks/RESULTS.md).
+    gc.freeze()
     try:
         outcome = launch_workers(run_worker, (spec,), n)
     except KeyboardInterrupt:  # before the launcher started waiting: nothing was forked
         outcome.interrupted = True
     finally:
+        gc.unfreeze()
         _finish_collecting(collector)
         spec.queue.close()
     interrupted = outcome.interrupted
