@@ -49,9 +49,14 @@ def end_lines(result: GenerationResult, name: str | None = None) -> list[str]:
             counts.append(f"{len(result.errors)} image(s) failed")
         if failures:
             counts.append(f"{len(failures)} worker failure(s)")
-        first = result.errors[0].index if result.errors else None
-        where = f"{var}[{first}].traceback" if first is not None else f"{var}.worker_failures[0].traceback"
-        lines.append(f"nbdist: {', '.join(counts)}; full traceback: {where}")
+        with_tb = [i for i, f in enumerate(failures) if f.traceback]
+        if result.errors:
+            where = f"full traceback: {var}[{result.errors[0].index}].traceback"
+        elif with_tb:
+            where = f"full traceback: {var}.worker_failures[{with_tb[0]}].traceback"
+        else:  # killed: no Python traceback exists, but the worker's output may say why
+            where = f"worker output: {var}.logs"
+        lines.append(f"nbdist: {', '.join(counts)}; {where}")
         rows = [
             f"  [worker {rank}] {_short(error, 80)}: {_images(indices, prompts)}"
             for (rank, error), indices in by_error.items()
