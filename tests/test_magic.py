@@ -77,3 +77,12 @@ def test_usage_errors_are_one_line(kernel: Kernel, tiny_model: str, line: str, e
     assert "UsageError" in err and expected in err, err
     assert len(err.strip().splitlines()) <= 3
     assert not ex.of_type("comm_open", "display_data")  # nothing was started or drawn
+
+
+def test_line_magic_takes_prompts_from_a_list(kernel: Kernel, tiny_model: str) -> None:
+    kernel.execute(f"model = {tiny_model!r}; ideas = ['a dog', 'a cat', 'a cow']")
+    ex = kernel.execute("%distgen --model {model} --prompts ideas -n 2 --steps 1 --seed 0 -o res")
+    assert ex.error is None, ex.error
+    assert kernel.value("[r.prompt for r in res]") == ["a dog", "a cat", "a cow"]
+    ex = kernel.execute("%%distgen --model {model} --prompts ideas\na horse")
+    assert "not both" in ex.stream("stderr")

@@ -1,4 +1,4 @@
-"""``%%distgen``: a thin cell magic over ``nbdist.generate``.
+"""``%%distgen``: a thin cell magic over ``nbdist.generate`` (``%distgen --prompts NAME`` as a line magic).
 
 Options are declared once with IPython's ``magic_arguments``, so ``%%distgen?`` is the complete help
 and a bad option is a one-line ``UsageError``, not a traceback.
@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ..arguments import magic_decorators, options_from_args
@@ -53,16 +53,18 @@ class DistgenMagics(Magics):
     @option_arguments
     @argument("--prompts", metavar="NAME", help="take the prompts from a list in the namespace")
     @argument("-o", "--out", metavar="NAME", help="store the GenerationResult in this variable")
-    @cell_magic
-    def distgen(self, line: str, cell: str) -> GenerationResult:
+    @line_cell_magic
+    def distgen(self, line: str, cell: str | None = None) -> GenerationResult:
         """Generate one image per prompt line (K with -k) on every GPU, streamed into a gallery.
 
         One prompt per line; blank lines and lines starting with # are skipped; {expr} and $name are
-        expanded from the namespace. Image i of the run uses torch.Generator("cpu").manual_seed(seed+i),
+        expanded from the namespace. As a line magic, %distgen --prompts NAME takes a list instead.
+        Image i of the run uses torch.Generator("cpu").manual_seed(seed+i),
         so the images do not depend on -n or --batch-size.
         """
         args = parse_argstring(self.distgen, line)
         ns = self.shell.user_ns
+        cell = cell or ""
         try:
             model = self._model(args, ns)
             if args.prompts:
