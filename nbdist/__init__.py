@@ -26,5 +26,7 @@ __version__ = "0.1.0"
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbdist``: register ``%%distgen``."""
     from .notebook.magic import DistgenMagics
+    from .notebook.quiet import install_filters
 
+    install_filters()
     ipython.register_magics(DistgenMagics)

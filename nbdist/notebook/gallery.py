@@ -1,142 +1,122 @@
-"""The live gallery: one tile per image, filled as workers stream images back.
+"""The live gallery: a run observer that turns worker messages into widget updates in the cell.
 
-Called only from the collector thread (and from the main thread before and after it runs), so widget
-traits are never written concurrently. When the run ends the display is updated in place with a
-bundle that carries both the widget and a static HTML copy, so a notebook viewed without a kernel
-(nbconvert, GitHub, a reopened file) still shows every image.
+Messages arrive on the collector thread; ``GalleryState`` (plain Python) absorbs them, and ``on_tick``
+sends what changed at most every ``interval`` seconds, so hundreds of images and step reports cost a
+few comm messages per tick, not one per message. Widgets are created in ``on_start``: a magic that
+fails its argument checks never opens a comm.
+
+Output contract (see README, "Gallery"): the cell shows one ``display_data`` holding the live widget
+(and a one-line text/plain for viewers without widgets); the static copy is the run result's text/html,
+which the magic returns as the cell's value. Widget and result share a per-run token (a CSS class on
+each), so the two pair up and only one of them shows.
 """
 
 from __future__ import annotations
 
-import html
-import io
+import secrets
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-import ipywidgets as widgets
 from IPython.display import display
 
-from ..messages import ImageFailed, ImageReady, Message, StepProgress, WorkerStarted
+from ..messages import Message
 from ..parent.observer import RunInfo
-from ..parent.results import GenerationResult
-from ..parent.static_html import StaticTile, data_uri, render_gallery
+from ..parent.static_html import live_class, result_html
+from .gallery_state import GalleryState
+from .gallery_widget import FullImage, GalleryWidget, TileModel, png_bytes
 
-__all__ = ["Gallery", "Tile"]
+__all__ = ["WIDGET_VIEW_MIMETYPE", "Gallery"]
 
-_TILE_WIDTH = "180px"
-
-
-def _placeholder(width: int, height: int, side: int) -> bytes:
-    """A light grey JPEG with the final thumbnail's shape, so tiles keep their size as images arrive."""
-    from PIL import Image
-
-    scale = side / max(width, height)
-    img = Image.new("RGB", (max(1, round(width * scale)), max(1, round(height * scale))), (235, 235, 235))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=50)
-    return buf.getvalue()
-
-
-class Tile:
-    """One image slot: picture, status line ("queued", "step 3/30 · worker 1"), caption."""
-
-    def __init__(self, index: int, prompt: str, seed: int, placeholder: bytes) -> None:
-        self.index = index
-        self.prompt = prompt
-        self.seed = seed
-        self.thumbnail: bytes | None = None
-        self.image = widgets.Image(value=placeholder, format="jpeg", layout=widgets.Layout(width="100%"))
-        self.status = widgets.HTML(value="<i>queued</i>")
-        self.caption = widgets.HTML(value=self._caption(None, None))
-        self.box = widgets.VBox(
-            [self.image, self.status, self.caption],
-            layout=widgets.Layout(width=_TILE_WIDTH, border="1px solid #ddd", padding="4px"),
-        )
-
-    def _caption(self, rank: int | None, seconds: float | None) -> str:
-        title = html.escape(self.prompt, quote=True)
-        extra = "" if rank is None else f" · worker {rank}"
-        extra += "" if seconds is None else f" · {seconds:.1f} s"
-        return (
-            f'<div title="{title}" style="white-space:nowrap;overflow:hidden;text-overflow:ellipsis">'
-            f"{html.escape(self.prompt)}</div><small>#{self.index} · seed {self.seed}{extra}</small>"
-        )
-
-    def show_step(self, step: int, total: int, rank: int) -> None:
-        self.status.value = f"step {step}/{total} · worker {rank}"
-
-    def show_image(self, msg: ImageReady) -> None:
-        self.thumbnail = msg.thumbnail
-        self.image.value = msg.thumbnail
-        self.status.value = ""
-        self.caption.value = self._caption(msg.rank, msg.seconds)
-
-    def show_error(self, msg: ImageFailed) -> None:
-        self.status.value = f'<span style="color:#b00020">failed: {html.escape(msg.error)}</span>'
+WIDGET_VIEW_MIMETYPE = "application/vnd.jupyter.widget-view+json"
 
 
 class Gallery:
-    """A run observer that draws the tiles and a header line in the cell output."""
+    """Draws the run in the cell output: header, tiles, and full-size images on request."""
 
-    def __init__(self) -> None:
-        self.tiles: list[Tile] = []
-        self.header = widgets.HTML()
-        self.grid = widgets.Box(layout=widgets.Layout(display="flex", flex_flow="row wrap", gap="6px"))
-        self.widget = widgets.VBox([self.header, self.grid])
-        self._handle: Any = None
-        self._total = 0
-        self._done = 0
+    def __init__(self, interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.state: GalleryState | None = None
+        self.widget: GalleryWidget | None = None
+        self.tiles: dict[int, TileModel] = {}
+        self._last_flush = 0.0
+        self._result: Any = None
+        self.token = secrets.token_hex(6)
+
+    # -- observer protocol ------------------------------------------------------------------------
 
     def on_start(self, run: RunInfo) -> None:
-        placeholder = _placeholder(run.width, run.height, run.options.thumbnail_size)
-        self.tiles = [Tile(job.index, job.prompt, job.seed, placeholder) for job in run.jobs]
-        self.grid.children = [t.box for t in self.tiles]
-        self._total = len(run.jobs)
-        self._seed = run.seed
-        self._n = run.num_processes
-        self._update_header()
-        self._handle = display(self.widget, display_id=True)
-
-    def _update_header(self) -> None:
-        self.header.value = f"<b>{self._done}/{self._total}</b> images · {self._n} worker(s) · seed {self._seed}"
+        """Build the widgets (one comm per tile, one for the grid) and show them."""
+        self.state = GalleryState(run, clock=self._clock)
+        self.tiles = {tile.index: TileModel.from_state(tile) for tile in self.state.tiles}
+        self.widget = GalleryWidget(
+            tiles=list(self.tiles.values()),
+            aspect=run.width / run.height if run.height else 1.0,
+            full_image=self.full_image,
+        )
+        self.widget.add_class("nbdist-live")
+        self.widget.add_class(live_class(self.token))
+        self.widget.show_header(self.state.header())
+        self._last_flush = self._clock()
+        display(self.mimebundle(), raw=True)
 
     def on_message(self, msg: Message) -> None:
-        if isinstance(msg, StepProgress):
-            for i in msg.indices:
-                self.tiles[i].show_step(msg.step, msg.total, msg.rank)
-        elif isinstance(msg, ImageReady):
-            self.tiles[msg.index].show_image(msg)
-            self._done += 1
-            self._update_header()
-        elif isinstance(msg, ImageFailed):
-            self.tiles[msg.index].show_error(msg)
-        elif isinstance(msg, WorkerStarted):
-            pass
-
-    def static_html(self, result: GenerationResult) -> str:
-        """The gallery as plain HTML with inline thumbnails."""
-        errors = {r.index: r.error for r in result.records if r.error}
-        tiles = [
-            StaticTile(
-                src=data_uri(t.thumbnail) if t.thumbnail else None,
-                caption=f"{t.prompt} · seed {t.seed}",
-                title=t.prompt,
-                error=errors.get(t.index),
-            )
-            for t in self.tiles
-        ]
-        return render_gallery(tiles, heading=result.summary())
-
-    def on_end(self, result: GenerationResult) -> None:
-        self.header.value = html.escape(result.summary())
-        if self._handle is None:
+        """Absorb a message; nothing is sent until the next tick."""
+        if self.state is None:
             return
-        bundle = {
-            "application/vnd.jupyter.widget-view+json": {
-                "version_major": 2,
-                "version_minor": 0,
-                "model_id": self.widget.model_id,
-            },
-            "text/html": self.static_html(result),
-            "text/plain": result.summary(),
+        with self._lock:
+            self.state.apply(msg)
+
+    def on_tick(self) -> None:
+        """Called by the collector often; sends the accumulated changes every ``interval`` seconds."""
+        if self.state is not None and self._clock() - self._last_flush >= self.interval:
+            self.flush()
+
+    def on_end(self, result: Any) -> None:
+        """Final update; the result carries this gallery's token so its static copy pairs with it."""
+        if self.state is None or self.widget is None:
+            return
+        self._result = result
+        result.display_token = self.token
+        with self._lock:
+            self.state.finish(result.summary())
+        self.flush()
+
+    # -- the rest ---------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send the tiles that changed since the last flush, then the header."""
+        if self.state is None or self.widget is None:
+            return
+        with self._lock:
+            dirty = self.state.take_dirty()
+            header = self.state.header()
+            self._last_flush = self._clock()
+        for tile in dirty:
+            self.tiles[tile.index].update(tile)
+        self.widget.show_header(header)
+
+    def mimebundle(self) -> dict[str, Any]:
+        """The display bundle: the widget view plus a line for viewers without widget support."""
+        assert self.widget is not None and self.state is not None
+        return {
+            WIDGET_VIEW_MIMETYPE: {"version_major": 2, "version_minor": 0, "model_id": self.widget.model_id},
+            "text/plain": f"nbdist gallery of {len(self.state.tiles)} images (live view: needs the kernel that ran it)",
         }
-        self._handle.update(bundle, raw=True)
+
+    def full_image(self, index: int) -> FullImage | str:
+        """Image ``index`` at full size as PNG, or why it is not available (asked by the browser)."""
+        if self._result is None:
+            return "the run is still going"
+        record = next((r for r in self._result.records if r.index == index), None)
+        if record is None or record.image is None:
+            return (record.error if record is not None else None) or "this image was not generated"
+        width, height = record.image.size
+        return FullImage(png_bytes(record.image), f"nbdist-{index:04d}-seed{record.seed}.png", width, height)
+
+    def static_html(self, result: Any) -> str:
+        """The static copy of the run (the result's text/html)."""
+        return result_html(result)

@@ -77,6 +77,7 @@ class GenerationResult(Sequence[ImageRecord]):
     workers: dict[int, WorkerInfo] = field(default_factory=dict)
     logs: dict[int, str] = field(default_factory=dict)
     save_dir: Path | None = None
+    display_token: str | None = field(default=None, repr=False)  # pairs the notebook gallery with _repr_html_
 
     @overload
     def __getitem__(self, i: int) -> ImageRecord: ...

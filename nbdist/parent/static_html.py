@@ -44,8 +44,13 @@ def data_uri(jpeg: bytes) -> str:
 
 
 def result_token(result: Any) -> str:
-    """A token that pairs one run's live gallery with its static copy in the same output area."""
-    return f"{id(result):x}"
+    """A token that pairs one run's live gallery with its static copy in the same output area.
+
+    The gallery picks its token when it draws the widget (a class set after display is not applied by
+    every front-end) and stores it on the result as ``display_token``; a result made without a
+    gallery falls back to its id.
+    """
+    return str(getattr(result, "display_token", None) or f"{id(result):x}")
 
 
 def live_class(token: str) -> str:
@@ -82,7 +87,7 @@ def _pairing_rules(token: str) -> str:
     child = ".jp-OutputArea-child"
     return (
         f"{child}:has(.{live})~{child}:has(.{static}){{display:none}}"
-        f"{child}:has(+{child} .{static}):has(.jupyter-widgets):not(:has(.{live})){{display:none}}"
+        f"{child}:has(~{child} .{static}):has(.jupyter-widgets):not(:has(.{live})){{display:none}}"
     )
 
 

@@ -1,0 +1,118 @@
+"""The gallery's widgets: one anywidget view for the whole grid, one small data model per tile.
+
+Why this shape: a finished image is one comm message carrying only that tile's JPEG (a binary
+buffer, no base64), and a step update only touches the tiles being denoised, so 200+ images never
+cause a full re-render; the JavaScript (``static/gallery.js``) patches the one tile that changed.
+Tile models are plain ``@jupyter-widgets/base`` ``WidgetModel``s, so their state (thumbnails
+included) is saved with the notebook's widget state like any widget's.
+
+The full-size image never leaves Python unless asked for: a click in the browser sends a custom
+message, answered with a PNG. While the cell is still running the kernel cannot read browser
+messages, so the viewer shows the enlarged thumbnail and the answer arrives when the cell ends.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import ipywidgets as widgets
+import traitlets as t
+
+from .gallery_state import HeaderView, TileState
+
+__all__ = ["FullImage", "GalleryWidget", "TileModel", "png_bytes"]
+
+_STATIC = Path(__file__).parent / "static"
+
+
+@dataclass(frozen=True)
+class FullImage:
+    """A full-size image ready to send: PNG bytes, a file name for the download, its size."""
+
+    png: bytes
+    name: str
+    width: int
+    height: int
+
+
+def png_bytes(image: Any) -> bytes:
+    """Encode a PIL image as PNG, fast (level 1: a few times faster than the default, a bit larger)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class TileModel(widgets.Widget):
+    """One image slot's data; drawn by the gallery view (it has no view of its own)."""
+
+    index = t.Int().tag(sync=True)
+    prompt = t.Unicode().tag(sync=True)
+    seed = t.Int().tag(sync=True)
+    status = t.Unicode("queued").tag(sync=True)
+    label = t.Unicode("queued").tag(sync=True)
+    meta = t.Unicode().tag(sync=True)
+    fraction = t.Float(0.0).tag(sync=True)
+    thumbnail = t.Bytes(b"").tag(sync=True)
+    error = t.Unicode().tag(sync=True)
+
+    @classmethod
+    def from_state(cls, tile: TileState) -> TileModel:
+        """A model with the tile's current state (one comm_open)."""
+        model = cls(index=tile.index, prompt=tile.prompt, seed=tile.seed)
+        model.update(tile)
+        return model
+
+    def update(self, tile: TileState) -> None:
+        """Copy the tile's state; traitlets sends only what changed, in one message."""
+        with self.hold_sync():
+            self.status = tile.status
+            self.label = tile.label
+            self.meta = tile.meta
+            self.fraction = tile.step / tile.total if tile.total else 0.0
+            self.error = tile.error
+            if tile.thumbnail and tile.thumbnail != self.thumbnail:
+                self.thumbnail = tile.thumbnail
+
+
+FullImageSource = Callable[[int], "FullImage | str"]
+
+
+class GalleryWidget(anywidget.AnyWidget):
+    """Header (progress, rate, ETA, one line per worker), tile grid, and a viewer for one image."""
+
+    _esm = _STATIC / "gallery.js"
+    _css = _STATIC / "gallery.css"
+
+    tiles = t.List(t.Instance(TileModel)).tag(sync=True, **widgets.widget_serialization)
+    header = t.Dict().tag(sync=True)
+    aspect = t.Float(1.0).tag(sync=True)
+
+    def __init__(self, tiles: list[TileModel], aspect: float, full_image: FullImageSource | None = None) -> None:
+        super().__init__(tiles=tiles, aspect=aspect)
+        self.full_image = full_image
+        self.on_msg(self._on_custom)
+
+    def show_header(self, header: HeaderView) -> None:
+        """Replace the header (sent only if it differs from what the browser has)."""
+        self.header = header.as_dict()
+
+    def _on_custom(self, _widget: Any, content: dict[str, Any], _buffers: list[bytes]) -> None:
+        """Browser → kernel: ``{"type": "full", "index": i}`` asks for image i at full size."""
+        if not isinstance(content, dict) or content.get("type") != "full":
+            return
+        try:
+            index = int(content["index"])
+        except (KeyError, TypeError, ValueError):
+            return
+        answer = self.full_image(index) if self.full_image is not None else "no full-size images here"
+        if isinstance(answer, FullImage):
+            reply = {"type": "full", "index": index, "ok": True, "name": answer.name}
+            reply |= {"width": answer.width, "height": answer.height}
+            self.send(reply, buffers=[answer.png])
+        else:
+            self.send({"type": "full", "index": index, "ok": False, "error": answer})

@@ -1,0 +1,239 @@
+// nbdist gallery view (anywidget ESM). The Python side (gallery_widget.py) owns all logic and text;
+// this file only draws: it builds the grid once and then patches single tiles as their models change.
+
+const REF = "IPY_MODEL_";
+
+function bytesOf(value) {
+  if (!value) return null;
+  if (value instanceof ArrayBuffer) return value.byteLength ? new Uint8Array(value) : null;
+  if (ArrayBuffer.isView(value)) return value.byteLength ? value : null;
+  return null;
+}
+
+function node(tag, cls, text) {
+  const n = document.createElement(tag);
+  if (cls) n.className = cls;
+  if (text !== undefined) n.textContent = text;
+  return n;
+}
+
+async function resolve(model, ref) {
+  if (ref && typeof ref === "object" && typeof ref.get === "function") return ref;
+  if (typeof ref === "string" && ref.startsWith(REF)) {
+    return model.widget_manager.get_model(ref.slice(REF.length));
+  }
+  throw new Error(`nbdist: unexpected tile reference ${String(ref)}`);
+}
+
+async function render({ model, el }) {
+  const cleanup = [];
+  const root = node("div", "nbdist-gallery");
+  el.appendChild(root);
+
+  // -- header -----------------------------------------------------------------------------------
+  const head = node("div", "nbdist-head");
+  const title = node("div", "nbdist-title");
+  const stats = node("div", "nbdist-stats");
+  const bar = node("div", "nbdist-bar");
+  const fill = node("div", "nbdist-bar-fill");
+  bar.appendChild(fill);
+  const workers = node("div", "nbdist-workers");
+  head.append(title, stats, bar, workers);
+
+  function drawHeader() {
+    const h = model.get("header") || {};
+    title.textContent = h.title || "";
+    stats.textContent = h.stats || "";
+    fill.style.width = `${Math.round(1000 * (h.fraction || 0)) / 10}%`;
+    workers.replaceChildren(...(h.workers || []).map((line) => node("div", "nbdist-worker", line)));
+    root.dataset.finished = h.finished ? "true" : "false";
+  }
+
+  // -- viewer (one image, large) ----------------------------------------------------------------
+  const viewer = node("div", "nbdist-viewer");
+  viewer.hidden = true;
+  viewer.tabIndex = 0;
+  const vbar = node("div", "nbdist-viewer-bar");
+  const vtitle = node("span", "nbdist-viewer-title");
+  const prev = node("button", "nbdist-prev", "‹");
+  const next = node("button", "nbdist-next", "›");
+  const download = node("a", "nbdist-download", "Download PNG");
+  const close = node("button", "nbdist-close", "✕");
+  prev.title = "previous image (←)";
+  next.title = "next image (→)";
+  close.title = "close (Esc)";
+  vbar.append(vtitle, prev, next, download, close);
+  const vimg = node("img", "nbdist-viewer-img");
+  const vnote = node("div", "nbdist-viewer-note");
+  viewer.append(vbar, vimg, vnote);
+
+  const grid = node("div", "nbdist-grid");
+  root.append(head, viewer, grid);
+
+  function drawAspect() {
+    grid.style.setProperty("--nbdist-aspect", String(model.get("aspect") || 1));
+  }
+
+  // -- tiles ------------------------------------------------------------------------------------
+  let tiles = [];
+  const full = new Map(); // index -> {url, name, width, height} or {error}
+  let shown = -1; // position in `tiles` of the image in the viewer
+  let waitTimer = null;
+
+  function drawTile(tile) {
+    const m = tile.model;
+    const status = m.get("status");
+    tile.fig.dataset.status = status;
+    tile.status.textContent = m.get("label");
+    tile.status.title = status === "failed" ? m.get("error") : "";
+    tile.prompt.textContent = m.get("prompt");
+    tile.prompt.title = m.get("prompt");
+    tile.meta.textContent = m.get("meta");
+    tile.progress.style.width = status === "running" ? `${Math.round(100 * (m.get("fraction") || 0))}%` : "0";
+    const bytes = bytesOf(m.get("thumbnail"));
+    if (bytes && bytes !== tile.bytes) {
+      tile.bytes = bytes;
+      if (tile.url) URL.revokeObjectURL(tile.url);
+      tile.url = URL.createObjectURL(new Blob([bytes], { type: "image/jpeg" }));
+      tile.img.src = tile.url;
+    }
+    tile.img.hidden = !tile.url;
+    if (shown >= 0 && tiles[shown] === tile) drawViewer();
+  }
+
+  async function buildTiles() {
+    const models = await Promise.all((model.get("tiles") || []).map((ref) => resolve(model, ref)));
+    for (const tile of tiles) tile.dispose();
+    tiles = models.map((m, pos) => {
+      const fig = node("figure", "nbdist-tile");
+      fig.dataset.index = String(m.get("index"));
+      const pic = node("div", "nbdist-pic");
+      const img = node("img");
+      img.alt = m.get("prompt");
+      const progress = node("div", "nbdist-tile-progress");
+      pic.append(img, progress);
+      const status = node("div", "nbdist-status");
+      const cap = node("figcaption");
+      const prompt = node("div", "nbdist-prompt");
+      const meta = node("div", "nbdist-meta");
+      cap.append(prompt, meta);
+      fig.append(pic, status, cap);
+      const tile = { model: m, fig, img, progress, status, prompt, meta, url: null, bytes: null };
+      const onChange = () => drawTile(tile);
+      m.on("change", onChange);
+      fig.addEventListener("click", () => open(pos));
+      tile.dispose = () => {
+        m.off("change", onChange);
+        if (tile.url) URL.revokeObjectURL(tile.url);
+      };
+      drawTile(tile);
+      return tile;
+    });
+    grid.replaceChildren(...tiles.map((tile) => tile.fig));
+  }
+
+  function drawViewer() {
+    const tile = tiles[shown];
+    if (!tile) return;
+    const m = tile.model;
+    const index = m.get("index");
+    const got = full.get(index);
+    vtitle.textContent = `${m.get("prompt")} · ${m.get("meta")}`;
+    vtitle.title = m.get("prompt");
+    prev.disabled = shown <= 0;
+    next.disabled = shown >= tiles.length - 1;
+    if (got && got.url) {
+      vimg.src = got.url;
+      vimg.hidden = false;
+      download.href = got.url;
+      download.download = got.name;
+      download.classList.remove("nbdist-disabled");
+      vnote.textContent = `${got.width}×${got.height}, full size`;
+    } else {
+      vimg.hidden = !tile.url;
+      if (tile.url) vimg.src = tile.url;
+      download.removeAttribute("href");
+      download.classList.add("nbdist-disabled");
+      if (m.get("status") === "failed") vnote.textContent = m.get("label");
+      else if (!tile.url) vnote.textContent = "not generated yet";
+      else if (got && got.error) vnote.textContent = got.error;
+      else if (got && got.waiting) {
+        vnote.textContent =
+          "preview; the full-size image arrives when the cell has finished (the kernel is busy running it)";
+      } else vnote.textContent = "preview; loading the full-size image…";
+    }
+  }
+
+  function request(index) {
+    if (full.has(index)) return;
+    full.set(index, { pending: true });
+    model.send({ type: "full", index });
+    clearTimeout(waitTimer);
+    waitTimer = setTimeout(() => {
+      const got = full.get(index);
+      if (got && got.pending) {
+        got.waiting = true;
+        drawViewer();
+      }
+    }, 800);
+  }
+
+  function open(pos) {
+    if (pos < 0 || pos >= tiles.length) return;
+    shown = pos;
+    viewer.hidden = false;
+    root.dataset.viewing = String(tiles[pos].model.get("index"));
+    const tile = tiles[pos];
+    if (tile.url && tile.model.get("status") === "done") request(tile.model.get("index"));
+    drawViewer();
+    viewer.focus({ preventScroll: true });
+    viewer.scrollIntoView({ block: "nearest" });
+  }
+
+  function hide() {
+    shown = -1;
+    viewer.hidden = true;
+    delete root.dataset.viewing;
+  }
+
+  prev.addEventListener("click", () => open(shown - 1));
+  next.addEventListener("click", () => open(shown + 1));
+  close.addEventListener("click", hide);
+  vimg.addEventListener("click", hide);
+  viewer.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") hide();
+    else if (event.key === "ArrowLeft") open(shown - 1);
+    else if (event.key === "ArrowRight") open(shown + 1);
+    else return;
+    event.preventDefault();
+    event.stopPropagation();
+  });
+
+  const onCustom = (msg, buffers) => {
+    if (!msg || msg.type !== "full") return;
+    const bytes = buffers && buffers.length ? bytesOf(buffers[0]) : null;
+    if (msg.ok && bytes) {
+      const url = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
+      full.set(msg.index, { url, name: msg.name, width: msg.width, height: msg.height });
+    } else {
+      full.set(msg.index, { error: msg.error || "the full-size image is not available" });
+    }
+    if (shown >= 0 && tiles[shown] && tiles[shown].model.get("index") === msg.index) drawViewer();
+  };
+
+  model.on("change:header", drawHeader);
+  model.on("change:aspect", drawAspect);
+  model.on("change:tiles", buildTiles);
+  model.on("msg:custom", onCustom);
+  drawHeader();
+  drawAspect();
+  await buildTiles();
+
+  return () => {
+    clearTimeout(waitTimer);
+    for (const tile of tiles) tile.dispose();
+    for (const got of full.values()) if (got.url) URL.revokeObjectURL(got.url);
+  };
+}
+
+export default { render };

@@ -1,0 +1,242 @@
+"""The gallery in a real browser: JupyterLab on 127.0.0.1, headless Debian Chromium driven by Playwright.
+
+Opens a copy of notebooks/quickstart.ipynb, runs all cells, and checks what a user sees: tiles laid out
+in prompt order from the start and staying put, the first image visible while the cell is still running,
+click-to-enlarge with a full-size PNG download, no library noise anywhere in the notebook, and the
+static copy hidden next to the live gallery. Screenshots and timings go to artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+NOISE = (
+    "Launching training",
+    "OMP_NUM_THREADS",
+    "torchvision",
+    "Loading pipeline",
+    "it/s]",
+    "%|",
+    "Warning",
+    "warn(",
+    "Traceback",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[str]:
+    """A JupyterLab server on 127.0.0.1 with a token, serving a temp folder with the quickstart in it."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", root / "quickstart.ipynb")
+    token, port = secrets.token_hex(16), _free_port()
+    home = tmp_path / "jupyter"
+    env = dict(
+        os.environ,
+        JUPYTER_CONFIG_DIR=str(home / "config"),
+        JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
+        JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
+    )
+    # User settings: start the notebook's kernel without asking, and do not offer news.
+    settings = home / "settings"
+    for name, values in {
+        "notebook-extension/tracker": {"autoStartDefaultKernel": True},
+        "apputils-extension/notification": {"fetchNews": "false"},
+    }.items():
+        path = settings / "@jupyterlab" / f"{name}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    log = (tmp_path / "lab.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            *(["--allow-root"] if os.geteuid() == 0 else []),
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((tmp_path / "lab.log").read_text()) from None
+                time.sleep(0.2)  # polling a server that is starting, not waiting for a result
+        yield f"{base}/lab/tree/quickstart.ipynb?token={token}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _distgen_cell(page):
+    return page.locator(".jp-CodeCell").filter(has_text="%%distgen")
+
+
+def test_gallery_in_jupyterlab(lab: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+            console: list[str] = []
+            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+            try:
+                _run_quickstart(page, lab)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "failure.png"))
+                print("\n".join(console[-40:]))
+                raise
+        finally:
+            browser.close()
+
+
+def _run_quickstart(page, lab: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(lab, timeout=120_000)
+    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=120_000)
+    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1, timeout=120_000)
+
+    # Right after the kernel connects, JupyterLab can drop a "Run All" that comes too early (its kernel
+    # connection is re-established and queued cells are lost); ask again until %%distgen is running.
+    cell = _distgen_cell(page)
+    for _attempt in range(4):
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        clicked = time.monotonic()
+        try:
+            expect(cell.locator(".jp-InputArea-prompt")).to_contain_text(re.compile(r"\[(\*|\d+)\]"), timeout=60_000)
+            break
+        except AssertionError:
+            continue
+
+    gallery = cell.locator(".nbdist-gallery")
+    gallery.wait_for(timeout=90_000)
+    shown = time.monotonic()
+    tiles = gallery.locator(".nbdist-tile")
+    total = tiles.count()
+    assert total == 12
+    # Prompt order from the start: tile k is image k, "queued" until it has an image.
+    indices = [int(i) for i in tiles.evaluate_all("ts => ts.map(t => t.dataset.index)")]
+    assert indices == list(range(total))
+    prompts = tiles.locator(".nbdist-prompt").all_inner_texts()
+    expected = ["a dog", "a cat", "an astronaut riding a horse", "a lighthouse at dawn", "a bowl of ramen"]
+    expected += ["a red bicycle"]
+    assert prompts == [p for p in expected for _ in range(2)]
+    boxes_before = tiles.evaluate_all("ts => ts.map(t => [t.offsetLeft, t.offsetTop, t.offsetWidth])")
+
+    first = gallery.locator(".nbdist-tile[data-status='done'] .nbdist-pic img:not([hidden])").first
+    first.wait_for(state="visible", timeout=180_000)
+    first_seen = time.monotonic()
+    prompt_text = cell.locator(".jp-InputArea-prompt").inner_text()
+    done_then = gallery.locator(".nbdist-tile[data-status='done']").count()
+    assert "*" in prompt_text, f"cell finished before the first image was seen: {prompt_text!r}"
+    assert done_then < total
+    page.screenshot(path=str(ARTIFACTS / "gallery-running.png"))
+    header_running = gallery.locator(".nbdist-stats").inner_text()
+
+    expect(gallery.locator(".nbdist-tile[data-status='done']")).to_have_count(total, timeout=300_000)
+    expect(cell.locator(".jp-InputArea-prompt")).not_to_contain_text("*", timeout=120_000)
+    finished = time.monotonic()
+    boxes_after = tiles.evaluate_all("ts => ts.map(t => [t.offsetLeft, t.offsetTop, t.offsetWidth])")
+    assert boxes_after == boxes_before, "tiles moved as images arrived"
+    assert "12 of 12 images" in gallery.locator(".nbdist-stats").inner_text()
+
+    # The static copy is the cell's Out[]: present in the DOM, hidden next to the live gallery.
+    static = cell.locator(".nbdist-static")
+    expect(static).to_have_count(1)
+    expect(static).to_be_hidden()
+    expect(gallery).to_be_visible()
+
+    # Click to enlarge: the full-size PNG comes from the kernel, and can be downloaded.
+    tiles.nth(3).click()
+    viewer = gallery.locator(".nbdist-viewer")
+    expect(viewer).to_be_visible()
+    expect(viewer.locator(".nbdist-viewer-note")).to_contain_text("full size", timeout=30_000)
+    expect(viewer.locator(".nbdist-viewer-title")).to_contain_text("a cat")
+    natural = viewer.locator(".nbdist-viewer-img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert natural == [64, 64]
+    with page.expect_download() as info:
+        viewer.locator(".nbdist-download").click()
+    download = info.value
+    assert download.suggested_filename == "nbdist-0003-seed3.png"
+    saved = ARTIFACTS / download.suggested_filename
+    download.save_as(saved)
+    assert saved.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    gallery.scroll_into_view_if_needed()
+    viewer.locator(".nbdist-viewer-bar").evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.screenshot(path=str(ARTIFACTS / "gallery.png"))
+
+    # No library noise anywhere in the notebook: no stderr output, none of the known banners.
+    expect(page.locator("[data-mime-type='application/vnd.jupyter.stderr']")).to_have_count(0)
+    outputs = cell.locator(".jp-OutputArea").inner_text()
+    for noise in NOISE:
+        assert noise not in outputs, noise
+
+    timings = {
+        "run_all_to_gallery_s": round(shown - clicked, 2),
+        "gallery_to_first_image_s": round(first_seen - shown, 2),
+        "run_all_to_first_image_s": round(first_seen - clicked, 2),
+        "images_done_when_first_seen": done_then,
+        "gallery_to_all_done_s": round(finished - shown, 2),
+        "header_when_first_seen": header_running,
+    }
+    (ARTIFACTS / "browser-timings.json").write_text(json.dumps(timings, indent=2))
+    print(json.dumps(timings))

@@ -1,0 +1,269 @@
+"""The gallery fed real worker messages: widget traits, coalescing, the static copy, and a real kernel.
+
+Most tests need no kernel: ipywidgets works without one (its comm is a no-op), and the messages are
+the same dataclasses the workers send. The last tests run ``%%distgen`` in a real kernel and look at
+what a front-end receives.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from PIL import Image
+
+from nbdist.jobs import make_jobs
+from nbdist.messages import ImageFailed, ImageReady, StepProgress, WorkerFinished, WorkerStarted
+from nbdist.notebook.gallery import WIDGET_VIEW_MIMETYPE, Gallery
+from nbdist.notebook.gallery_state import format_seconds
+from nbdist.options import GenerateOptions
+from nbdist.parent.observer import RunInfo
+from nbdist.parent.results import GenerationResult, ImageRecord
+from nbdist.parent.static_html import StaticTile, render_gallery, static_class
+from nbdist.worker.outbox import thumbnail_jpeg
+
+PROMPTS = ["a dog", "a cat <b>bold</b>", "a very long prompt " * 8]
+
+
+class Clock:
+    """A clock the test moves by hand, so rates, ETA and flush timing are exact."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run(steps: int = 4, k: int = 2, workers: int = 2) -> RunInfo:
+    opts = GenerateOptions(steps=steps, seed=10, images_per_prompt=k)
+    return RunInfo(make_jobs(PROMPTS, k, 10), opts, "tiny-model", 10, workers, "cpu", 64, 96)
+
+
+def _ready(index: int, rank: int, color: tuple[int, int, int] = (200, 30, 30)) -> ImageReady:
+    img = Image.new("RGB", (96, 64), color)
+    return ImageReady(index, rank, "cpu", 0.5, "RGB", img.size, img.tobytes(), thumbnail_jpeg(img, 256))
+
+
+def _gallery(clock: Clock, run: RunInfo | None = None) -> Gallery:
+    gallery = Gallery(interval=0.2, clock=clock)
+    gallery.on_start(run or _run())
+    return gallery
+
+
+def _result(gallery: Gallery, run: RunInfo, records: list[ImageRecord]) -> GenerationResult:
+    done = {r.index for r in records}
+    return GenerationResult(
+        records=records,
+        missing=[j for j in run.jobs if j.index not in done],
+        options=run.options,
+        seed=run.seed,
+        model=run.model,
+        num_processes=run.num_processes,
+        seconds=3.0,
+    )
+
+
+def test_no_widget_before_on_start() -> None:
+    gallery = Gallery()
+    assert gallery.widget is None and gallery.tiles == {}
+
+
+def test_tiles_start_queued_in_prompt_order(capsys: pytest.CaptureFixture[str]) -> None:
+    run = _run()
+    gallery = _gallery(Clock(), run)
+    assert gallery.widget is not None
+    assert [t.index for t in gallery.widget.tiles] == list(range(6))
+    assert [t.prompt for t in gallery.widget.tiles] == [p for p in PROMPTS for _ in range(2)]
+    assert [t.seed for t in gallery.widget.tiles] == list(range(10, 16))
+    assert {t.status for t in gallery.widget.tiles} == {"queued"}
+    assert {t.label for t in gallery.widget.tiles} == {"queued"}
+    assert gallery.widget.aspect == pytest.approx(96 / 64)
+    header = gallery.widget.header
+    assert header["title"].startswith("6 images · 2 worker(s) on cpu · 4 steps · seed 10")
+    assert header["workers"] == ["worker 0 · loading the pipeline…", "worker 1 · loading the pipeline…"]
+    assert "0/6 images" in header["stats"] and "steps 0/24" in header["stats"]
+    bundle = gallery.mimebundle()
+    assert bundle[WIDGET_VIEW_MIMETYPE]["model_id"] == gallery.widget.model_id
+    assert "text/html" not in bundle  # the static copy is the result's Out[], not part of this output
+    assert "nbdist-live" in gallery.widget._dom_classes
+
+
+def test_steps_images_and_errors_reach_the_tiles() -> None:
+    clock = Clock()
+    gallery = _gallery(clock)
+    widget = gallery.widget
+    assert widget is not None
+    gallery.on_message(WorkerStarted(0, "cpu", 111, 3, 1))
+    gallery.on_message(WorkerStarted(1, "cpu", 112, 3, 1))
+    gallery.on_message(StepProgress(0, (0,), 2, 4))
+    gallery.on_message(StepProgress(1, (3, 4), 1, 4))
+    clock.now += 0.1
+    gallery.on_tick()  # within the interval: nothing sent yet
+    assert widget.tiles[0].status == "queued"
+    clock.now += 0.15
+    gallery.on_tick()
+    assert widget.tiles[0].label == "step 2/4 · worker 0"
+    assert widget.tiles[0].fraction == pytest.approx(0.5)
+    assert widget.tiles[3].label == widget.tiles[4].label == "step 1/4 · worker 1"
+    assert widget.header["workers"][0] == "worker 0 · cpu · 0/3 images · “a dog” · step 2/4"
+    assert widget.header["workers"][1].endswith("(+1) · step 1/4")
+    assert "steps 4/24" in widget.header["stats"]
+
+    gallery.on_message(_ready(0, 0))
+    gallery.on_message(ImageFailed(3, 1, "cpu", "RuntimeError: out of memory", "Traceback ..."))
+    clock.now += 1.0
+    gallery.on_tick()
+    tile = widget.tiles[0]
+    assert tile.status == "done" and tile.label == ""
+    assert tile.meta == "#0 · seed 10 · worker 0 · cpu · 0.5 s"
+    assert Image.open(io.BytesIO(tile.thumbnail)).size == (96, 64)
+    failed = widget.tiles[3]
+    assert failed.status == "failed"
+    assert failed.label == "failed: RuntimeError: out of memory"
+    assert failed.error == "RuntimeError: out of memory"
+    stats = widget.header["stats"]
+    assert "1/6 images" in stats and "1 failed" in stats and "steps 9/24" in stats
+    assert "elapsed 1.2 s" in stats or "elapsed 1.3 s" in stats
+    assert re.search(r"\d+\.\d\d img/s", stats)
+    assert widget.header["workers"][0] == "worker 0 · cpu · 1/3 images · waiting"
+
+
+def test_updates_are_coalesced_per_tick() -> None:
+    """Fifty step reports for one tile between two ticks cost one tile update, not fifty."""
+    clock = Clock()
+    gallery = _gallery(clock)
+    tile = gallery.tiles[0]
+    sent: list[str] = []
+    tile.observe(lambda change: sent.append(change["new"]), names="label")
+    for step in range(1, 51):
+        gallery.on_message(StepProgress(0, (0,), step, 50))
+        gallery.on_tick()  # the clock does not move: the collector calls this after every message
+    assert sent == []
+    clock.now += 0.25
+    gallery.on_tick()
+    assert sent == ["step 50/50 · worker 0"]
+    clock.now += 0.25
+    gallery.on_tick()  # nothing changed: nothing sent
+    assert sent == ["step 50/50 · worker 0"]
+
+
+def test_eta_counts_from_the_first_progress() -> None:
+    clock = Clock()
+    gallery = _gallery(clock, _run(steps=10, k=1, workers=1))
+    clock.now += 5.0  # loading the pipeline: not part of the denoising rate
+    gallery.on_message(WorkerStarted(0, "cpu", 1, 3, 2))
+    clock.now += 2.0
+    gallery.on_message(StepProgress(0, (0,), 10, 10))
+    gallery.on_message(_ready(0, 0))
+    clock.now += 0.5
+    gallery.flush()
+    # 10 of 30 steps in 2.5 s since the worker was ready: 20 steps left at 4 steps/s = 5 s.
+    assert "ETA 5.0 s" in gallery.widget.header["stats"]
+    assert format_seconds(125) == "2 min 05 s"
+    assert format_seconds(3720) == "1 h 02 min"
+
+
+def test_end_pairs_the_widget_with_the_static_copy() -> None:
+    clock = Clock()
+    run = _run(k=1)
+    gallery = _gallery(clock, run)
+    gallery.on_message(StepProgress(1, (2,), 1, 4))  # still running when the run is interrupted
+    messages = [_ready(0, 0), ImageFailed(1, 0, "cpu", "ValueError: <bad> & worse", "tb")]
+    for msg in messages:
+        gallery.on_message(msg)
+    gallery.on_message(WorkerFinished(0))
+    ready = messages[0]
+    assert isinstance(ready, ImageReady)
+    records = [
+        ImageRecord(0, PROMPTS[0], 0, 10, image=ready.to_pil(), rank=0, device="cpu", seconds=0.5),
+        ImageRecord(1, PROMPTS[1], 1, 11, rank=0, device="cpu", error="ValueError: <bad> & worse"),
+    ]
+    records[0].thumbnail = ready.thumbnail
+    result = _result(gallery, run, records)
+    gallery.on_end(result)
+
+    widget = gallery.widget
+    assert widget is not None
+    assert widget.header["finished"] is True
+    assert widget.header["stats"] == result.summary()
+    assert widget.tiles[2].status == "queued"  # interrupted: back to queued, not stuck at "step 1/4"
+    assert f"nbdist-live-{gallery.token}" in widget._dom_classes
+    assert result.display_token == gallery.token
+
+    page = result._repr_html_()
+    assert f'class="nbdist-static {static_class(gallery.token)}"' in page
+    assert page.count("<img ") == 1 and "data:image/jpeg;base64," in page
+    assert "ValueError: &lt;bad&gt; &amp; worse" in page  # errors shown, escaped
+    assert "a cat &lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
+    assert "not generated" in page  # the interrupted image has a tile saying so
+    assert "#0 · seed 10 · worker 0 (cpu) · 0.5 s" in page
+    # The pairing rule hides the copy only next to this run's live gallery.
+    assert f".jp-OutputArea-child:has(.nbdist-live-{gallery.token})~" in page
+
+
+def test_full_image_on_request() -> None:
+    clock = Clock()
+    run = _run(k=1)
+    gallery = _gallery(clock, run)
+    widget = gallery.widget
+    assert widget is not None
+    sent: list[tuple[dict, list]] = []
+    widget.send = lambda content, buffers=None: sent.append((content, buffers or []))  # type: ignore[method-assign]
+    widget._on_custom(widget, {"type": "full", "index": 0}, [])
+    assert sent[-1][0] == {"type": "full", "index": 0, "ok": False, "error": "the run is still going"}
+
+    ready = _ready(0, 0, (10, 200, 10))
+    records = [ImageRecord(0, PROMPTS[0], 0, 10, image=ready.to_pil(), rank=0, device="cpu", seconds=0.5)]
+    gallery.on_end(_result(gallery, run, records))
+    widget._on_custom(widget, {"type": "full", "index": 0}, [])
+    content, buffers = sent[-1]
+    assert content == {
+        "type": "full",
+        "index": 0,
+        "ok": True,
+        "name": "nbdist-0000-seed10.png",
+        "width": 96,
+        "height": 64,
+    }
+    png = Image.open(io.BytesIO(buffers[0]))
+    assert png.format == "PNG" and png.size == (96, 64) and png.getpixel((5, 5)) == (10, 200, 10)
+    widget._on_custom(widget, {"type": "full", "index": 2}, [])
+    assert sent[-1][0]["ok"] is False and sent[-1][0]["error"] == "this image was not generated"
+    widget._on_custom(widget, {"type": "something else"}, [])
+    assert len(sent) == 3
+
+
+def test_render_gallery_keeps_its_signature_and_degrades_without_style() -> None:
+    page = render_gallery([StaticTile("a.png", "cap", "title", href="a.png", detail="seed 1")], "heading")
+    assert page.startswith('<div class="nbdist-static">')
+    assert '<a href="a.png"><img src="a.png"' in page
+    without_style = re.sub(r"<style>.*?</style>", "", page)
+    assert 'style="display:inline-block' in without_style  # still a grid where <style> is stripped
+    assert "nbdist-live" not in page  # no pairing rules outside a notebook run
+
+
+def test_magic_output_is_the_gallery_and_nothing_else(kernel, tiny_model) -> None:
+    ex = kernel.execute(f"%%distgen --model {tiny_model} -n 2 --steps 2 --seed 0 -o res\na dog\na cat\na cow\n")
+    assert ex.error is None, ex.error
+    assert ex.stream() == ""  # no banner, no warnings, no progress bars
+    displays = ex.of_type("display_data")
+    assert len(displays) == 1
+    assert WIDGET_VIEW_MIMETYPE in displays[0].content["data"]
+    results = ex.of_type("execute_result")
+    assert len(results) == 1
+    page = results[0].content["data"]["text/html"]
+    assert page.count("<img ") == 3
+    token = kernel.value("res.display_token")
+    assert static_class(token) in page
+    # The first image reached the browser before the cell ended, as one tile update with its JPEG.
+    updates = ex.image_updates()
+    assert updates and updates[0].at < results[0].at
+    assert updates[0].buffers[0][:2] == b"\xff\xd8"
+
+
+def test_bad_magic_opens_no_comm(kernel) -> None:
+    ex = kernel.execute("%%distgen --steps 2\na dog\n")  # no model: a UsageError before anything starts
+    assert "UsageError" in ex.stream("stderr")  # IPython prints usage errors instead of a traceback
+    assert ex.of_type("comm_open") == []
