@@ -140,8 +140,8 @@ class PssSampler:
     are plateaus (weights, libraries, activations) lasting the whole run.
     """
 
-    def __init__(self, root_pid: int, interval: float = 0.5) -> None:
-        self._root = root_pid
+    def __init__(self, root_pid: int | Sequence[int], interval: float = 0.5) -> None:
+        self._roots = [root_pid] if isinstance(root_pid, int) else list(root_pid)
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pss-sampler", daemon=True)
@@ -162,7 +162,7 @@ class PssSampler:
 
     def _run(self) -> None:
         while True:
-            self.peak = max(self.peak, tree_pss(self._root))
+            self.peak = max(self.peak, sum(tree_pss(root) for root in self._roots))
             self.samples += 1
             if self._stop.wait(self._interval):
                 return

@@ -3,14 +3,15 @@
 Load the pipeline, then ``for prompt in prompts: pipe(prompt).images[0].save(...)``. On a CPU torch
 uses every core for each image through its intra-op threads, so this is already "parallel"; nbdist
 has to beat it with processes. ``--threads 1 --warmup`` gives the one-worker one-thread rate that
-scaling efficiency is measured against.
+scaling efficiency is measured against; two such processes started together with ``--share 0/2`` and
+``--share 1/2`` (nothing shared, no communication) show what this hardware allows two workers.
 """
 
 from __future__ import annotations
 
 import time
 
-from common import GUIDANCE, SEED, EventLog, benchmark_prompts, device_and_dtype, save_png
+from common import GUIDANCE, SEED, EventLog, benchmark_prompts, contiguous_share, device_and_dtype, save_png
 from scenario_args import scenario_parser
 
 
@@ -18,6 +19,7 @@ def main() -> None:
     parser = scenario_parser(__doc__)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, all cores)")
     parser.add_argument("--warmup", action="store_true", help="one untimed image first (steady-state rate)")
+    parser.add_argument("--share", metavar="R/W", help="only share R of W of the prompts (contiguous)")
     args = parser.parse_args()
     log = EventLog(args.events)
 
@@ -40,7 +42,11 @@ def main() -> None:
     if args.warmup:
         one(0, prompts[0])
     t = time.perf_counter()
-    for i, prompt in enumerate(prompts):
+    jobs = list(enumerate(prompts))
+    if args.share:
+        rank, world = (int(x) for x in args.share.split("/"))
+        jobs = contiguous_share(jobs, rank, world)
+    for i, prompt in jobs:
         save_png(one(i, prompt), args.out, i)
         log.image_done(i)
     log.phase("generate", time.perf_counter() - t)
