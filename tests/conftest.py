@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kernel import Kernel  # noqa: E402
+from kernel import Kernel
 
 
 @pytest.fixture(scope="session")
