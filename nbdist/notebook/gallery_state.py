@@ -14,6 +14,7 @@ from typing import Literal
 
 from ..messages import ImageFailed, ImageReady, Message, StepProgress, WorkerFinished, WorkerStarted
 from ..parent.observer import RunInfo
+from ..parent.static_html import image_detail
 
 __all__ = ["GalleryState", "HeaderView", "TileState", "WorkerState", "format_seconds"]
 
@@ -62,12 +63,7 @@ class TileState:
     @property
     def meta(self) -> str:
         """The caption's second line: index, seed, worker and device, seconds."""
-        parts = [f"#{self.index}", f"seed {self.seed}"]
-        if self.rank is not None:
-            parts.append(f"worker {self.rank}" + (f" · {self.device}" if self.device else ""))
-        if self.seconds is not None:
-            parts.append(f"{self.seconds:.1f} s")
-        return " · ".join(parts)
+        return image_detail(self.index, self.seed, self.rank, self.device, self.seconds, device_format=" · {}")
 
 
 @dataclass

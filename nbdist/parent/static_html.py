@@ -121,13 +121,28 @@ def render_gallery(tiles: Iterable[StaticTile], heading: str = "", *, token: str
     return "".join(parts)
 
 
-def _detail(record: Any) -> str:
-    parts = [f"#{record.index}", f"seed {record.seed}"]
-    if record.rank is not None:
-        parts.append(f"worker {record.rank}" + (f" ({record.device})" if record.device else ""))
-    if record.seconds is not None:
-        parts.append(f"{record.seconds:.1f} s")
+def image_detail(
+    index: int,
+    seed: int,
+    rank: int | None,
+    device: str | None,
+    seconds: float | None,
+    device_format: str = " ({})",
+) -> str:
+    """A caption's second line, one format for live tiles and the static copy.
+
+    E.g. ``#3 · seed 3 · worker 0 (cpu) · 1.2 s``.
+    """
+    parts = [f"#{index}", f"seed {seed}"]
+    if rank is not None:
+        parts.append(f"worker {rank}" + (device_format.format(device) if device else ""))
+    if seconds is not None:
+        parts.append(f"{seconds:.1f} s")
     return " · ".join(parts)
+
+
+def _detail(record: Any) -> str:
+    return image_detail(record.index, record.seed, record.rank, record.device, record.seconds)
 
 
 def result_html(result: Any) -> str:
