@@ -9,16 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 from .options import GenerateOptions, NbdistUsageError
-from .parent.api import generate
+from .parent.api import generate, shutdown, status
 from .parent.results import GenerationResult, ImageRecord
+from .parent.run import RunHandle
 
 __all__ = [
     "GenerateOptions",
     "GenerationResult",
     "ImageRecord",
     "NbdistUsageError",
+    "RunHandle",
     "generate",
     "load_ipython_extension",
+    "shutdown",
+    "status",
 ]
 __version__ = "0.1.0"
 

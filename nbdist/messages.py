@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "Command",
     "ImageFailed",
     "ImageReady",
     "Message",
+    "RunCommand",
+    "RunFinished",
+    "RunStarted",
     "StepProgress",
     "WorkerFinished",
     "WorkerStarted",
@@ -83,4 +87,46 @@ class WorkerFinished:
     traceback: str | None = None
 
 
-Message = WorkerStarted | StepProgress | ImageReady | ImageFailed | WorkerFinished
+@dataclass(frozen=True)
+class RunStarted:
+    """A pool worker took run ``run``: ``num_jobs`` of its images are this worker's (-1: pulled one by one)."""
+
+    rank: int
+    run: int
+    num_jobs: int
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """A pool worker is done with run ``run``: every image it made was sent before this message.
+
+    ``cancelled``: it stopped early because the run was cancelled (the image it was making is dropped,
+    never sent half-denoised). ``error``: the run failed in this worker as a whole (not one image).
+    """
+
+    rank: int
+    run: int
+    cancelled: bool = False
+    error: str | None = None
+    traceback: str | None = None
+
+
+Message = WorkerStarted | StepProgress | ImageReady | ImageFailed | WorkerFinished | RunStarted | RunFinished
+
+
+# -- parent to worker (a pool worker's inbox) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunCommand:
+    """Make these images: every worker gets the same command and takes its own share.
+
+    ``options`` is a ``GenerateOptions``; the jobs are ``ImageJob``s, numbered by the parent.
+    """
+
+    run: int
+    jobs: tuple[Any, ...]
+    options: Any
+
+
+Command = RunCommand | None  # None: stop serving and exit

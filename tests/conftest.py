@@ -38,3 +38,12 @@ def kernel(tmp_path: Path) -> Iterator[Kernel]:
         ex = k.execute("%load_ext nbdist")
         assert ex.error is None, ex.error
         yield k
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_warm_workers_between_modules() -> Iterator[None]:
+    """Warm workers started by this process (``nbdist.generate``) stop after each test module."""
+    yield
+    import nbdist
+
+    nbdist.shutdown()

@@ -15,9 +15,11 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from ..arguments import magic_decorators, options_from_args
 from ..options import NbdistUsageError
-from ..parent.api import generate
+from ..parent.api import generate, shutdown, status
+from ..parent.pool import the_pool
 from ..parent.report import end_lines
 from ..parent.results import GenerationResult
+from ..parent.terminal import TerminalProgress
 from .gallery import Gallery
 from .prompts import parse_prompts, prompts_from_namespace
 
@@ -52,17 +54,38 @@ class DistgenMagics(Magics):
     @argument("--pipe", metavar="NAME", help="use a diffusers pipeline already in the namespace instead of --model")
     @option_arguments
     @argument("--prompts", metavar="NAME", help="take the prompts from a list in the namespace")
-    @argument("-o", "--out", metavar="NAME", help="store the GenerationResult in this variable")
+    @argument("-o", "--out", metavar="NAME", help="store the GenerationResult (or with --background the run handle)")
+    @argument(
+        "--background",
+        action="store_true",
+        help="return at once: the gallery fills while other cells run; -o NAME holds a handle "
+        "(NAME.wait(), NAME.cancel(), NAME.done)",
+    )
+    @argument("--status", action="store_true", help="show the warm workers (model, devices, pids, idle time)")
+    @argument("--shutdown", action="store_true", help="stop the warm workers and free their (GPU) memory")
+    @argument(
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="stop the warm workers after S seconds idle (0: never; default 600 or $NBDIST_IDLE_TIMEOUT)",
+    )
     @line_cell_magic
-    def distgen(self, line: str, cell: str | None = None) -> GenerationResult:
+    def distgen(self, line: str, cell: str | None = None) -> Any:
         """Generate one image per prompt line (K with -k) on every GPU, streamed into a gallery.
 
         One prompt per line; blank lines and lines starting with # are skipped; {expr} and $name are
         expanded from the namespace. As a line magic, %distgen --prompts NAME takes a list instead.
         Image i of the run uses torch.Generator("cpu").manual_seed(seed+i),
         so the images do not depend on -n or --batch-size.
+
+        The workers stay up after the cell (warm): the next cell with the same model, dtype, device
+        and -n starts at once. The stop button ends the run within one denoising step, keeps the
+        finished images and the workers. %distgen --status shows them, %distgen --shutdown stops them
+        (nbdist.status() / nbdist.shutdown() in Python); they also stop after --idle-timeout.
         """
         args = parse_argstring(self.distgen, line)
+        if args.status or args.shutdown or args.idle_timeout is not None:
+            return self._lifecycle(args)
         ns = self.shell.user_ns
         cell = cell or ""
         try:
@@ -74,10 +97,15 @@ class DistgenMagics(Magics):
             else:
                 prompts = parse_prompts(cell, ns)
             options = options_from_args(args)
-            keep = [_StoreResult(ns, args.out)] if args.out else []  # -o is set even if the display fails
-            result = generate(model, prompts, options=options, observers=[*keep, Gallery()])
+            keep = [_StoreResult(ns, args.out)] if args.out and not args.background else []
+            shows = [Gallery()] if _has_widget_front_end(self.shell) else [TerminalProgress(summary=True)]
+            result = generate(model, prompts, options=options, observers=[*keep, *shows], background=args.background)
         except NbdistUsageError as exc:
             raise UsageError(str(exc)) from None
+        if args.background:
+            if args.out:
+                ns[args.out] = result
+            return None
         if result.device_map:
             print(f"hf_device_map: {result.device_map}")  # where --device-map balanced put each component
         if args.out:
@@ -85,6 +113,23 @@ class DistgenMagics(Magics):
         for text in end_lines(result, args.out):  # interrupted / per-worker errors: a few lines, no tracebacks
             print(text, file=sys.stderr)
         return result
+
+    @staticmethod
+    def _lifecycle(args: Any) -> None:
+        """``--status``, ``--shutdown``, ``--idle-timeout``: the warm workers themselves, no run."""
+        if args.idle_timeout is not None:
+            if args.idle_timeout < 0:
+                raise UsageError("--idle-timeout must be >= 0 seconds (0: never)")
+            the_pool().idle_timeout = args.idle_timeout or None
+            print(
+                f"nbdist: warm workers stop after {args.idle_timeout:g} s idle"
+                if args.idle_timeout
+                else "nbdist: warm workers stay until %distgen --shutdown"
+            )
+        if args.shutdown:
+            print("nbdist: workers stopped" if shutdown() else "nbdist: no warm workers")
+        if args.status:
+            print(repr(status()))
 
     @staticmethod
     def _model(args: Any, ns: dict[str, Any]) -> Any:
@@ -97,3 +142,8 @@ class DistgenMagics(Magics):
         if not args.model:
             raise NbdistUsageError("say which model: --model ID_OR_PATH or --pipe NAME")
         return args.model
+
+
+def _has_widget_front_end(shell: Any) -> bool:
+    """A Jupyter kernel (front ends there draw widgets); terminal IPython gets a progress line instead."""
+    return type(shell).__name__ == "ZMQInteractiveShell" or hasattr(shell, "kernel")

@@ -1,8 +1,9 @@
-"""The collector thread: the one place where worker messages become results and display updates.
+"""Where worker messages become results and display updates.
 
-Every observer is called from this thread only, in message order, so widget updates never race.
-The thread ends when every worker has said it finished, or when the launcher has returned (all worker
-processes gone) and the queue is drained: a worker killed without a goodbye cannot hang it.
+``ResultBuilder`` turns messages into records; ``Fanout`` hands every message to the observers in
+order, from one thread only (the pool thread, or a ``Collector`` thread), so widget updates never race.
+A ``Collector`` ends when every worker has said it finished, or when the launcher has returned (all
+worker processes gone) and the queue is drained: a worker killed without a goodbye cannot hang it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..messages import ImageFailed, ImageReady, Message, WorkerFinished, WorkerS
 from .observer import RunInfo, RunObserver
 from .results import ImageRecord, WorkerFailure, WorkerInfo
 
-__all__ = ["Collector", "ResultBuilder"]
+__all__ = ["Collector", "Fanout", "ResultBuilder"]
 
 
 class ResultBuilder:
@@ -66,17 +67,67 @@ class ResultBuilder:
         pass
 
 
+class Fanout:
+    """Hands each message to every observer in order; a failing observer never loses results.
+
+    ``tick`` lets observers that coalesce updates (the gallery) flush; ``on_tick`` is optional and an
+    observer decides itself how often it really sends anything.
+    """
+
+    def __init__(self, observers: Sequence[RunObserver]) -> None:
+        self.observers = list(observers)
+        self.errors: list[BaseException] = []
+
+    def _call(self, obs: Any, method: str, *args: Any) -> None:
+        function = getattr(obs, method, None)
+        if function is None:
+            return
+        try:
+            function(*args)
+        except Exception as exc:  # a display bug must not lose results
+            if not self.errors:
+                print(f"nbdist: {type(obs).__name__} failed: {exc!r}", file=sys.stderr)
+            self.errors.append(exc)
+
+    def start(self, run: RunInfo) -> None:
+        for obs in self.observers:
+            self._call(obs, "on_start", run)
+
+    def dispatch(self, msg: Message) -> None:
+        for obs in self.observers:
+            self._call(obs, "on_message", msg)
+
+    def tick(self) -> None:
+        for obs in self.observers:
+            self._call(obs, "on_tick")
+
+    def end(self, result: Any) -> None:
+        """``on_end`` of every observer; one that fails does not keep the result from the others."""
+        for obs in self.observers:
+            try:
+                obs.on_end(result)
+            except Exception as exc:
+                print(f"nbdist: {type(obs).__name__} failed at the end of the run: {exc!r}", file=sys.stderr)
+
+
 class Collector:
-    """Reads the worker queue on a background thread and fans messages out to observers."""
+    """Reads one run's worker queue on a background thread and fans messages out to observers.
+
+    Used where processes make one run and exit (the CLI under torchrun); the kernel's warm pool reads
+    its queue on the pool thread instead (``parent/pool.py``).
+    """
 
     def __init__(self, source: Any, observers: Sequence[RunObserver], num_workers: int) -> None:
         self._source = source
-        self._observers = list(observers)
+        self._fanout = Fanout(observers)
         self._num_workers = num_workers
         self._launcher_done = threading.Event()
         self._finished: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="nbdist-collector", daemon=True)
-        self.observer_errors: list[BaseException] = []
+
+    @property
+    def observer_errors(self) -> list[BaseException]:
+        return self._fanout.errors
 
     def start(self) -> None:
         self._thread.start()
@@ -86,31 +137,6 @@ class Collector:
         self._launcher_done.set()
         self._thread.join(timeout)
 
-    def _dispatch(self, msg: Message) -> None:
-        for obs in self._observers:
-            try:
-                obs.on_message(msg)
-            except Exception as exc:  # a display bug must not lose results
-                if not self.observer_errors:
-                    print(f"nbdist: {type(obs).__name__} failed: {exc!r}", file=sys.stderr)
-                self.observer_errors.append(exc)
-
-    def _tick(self) -> None:
-        """Let observers that coalesce updates (the gallery) flush: after every message and every 50 ms idle.
-
-        ``on_tick`` is optional; an observer decides itself how often it really sends anything.
-        """
-        for obs in self._observers:
-            on_tick = getattr(obs, "on_tick", None)
-            if on_tick is None:
-                continue
-            try:
-                on_tick()
-            except Exception as exc:  # a display bug must not lose results
-                if not self.observer_errors:
-                    print(f"nbdist: {type(obs).__name__} failed: {exc!r}", file=sys.stderr)
-                self.observer_errors.append(exc)
-
     def _run(self) -> None:
         while len(self._finished) < self._num_workers:
             try:
@@ -118,11 +144,11 @@ class Collector:
             except queue_module.Empty:
                 if self._launcher_done.is_set():
                     return
-                self._tick()
+                self._fanout.tick()
                 continue
             except (EOFError, OSError):
                 return
             if isinstance(msg, WorkerFinished):
                 self._finished.add(msg.rank)
-            self._dispatch(msg)
-            self._tick()
+            self._fanout.dispatch(msg)
+            self._fanout.tick()

@@ -4,16 +4,18 @@ Why not call the launcher plainly from the kernel's main thread:
 
 - accelerate's fixed port 29500 collides with a previous failed run ("address already in use") and
   with a second kernel; and the rendezvous store torch creates listens on every interface (``::``).
-  nbdist binds its own socket on 127.0.0.1 (port chosen by the OS, held from bind to the end of the
-  run, so no race) and hands it to a multi-tenant ``TCPStore`` that torch's static rendezvous reuses.
+  nbdist binds its own socket on 127.0.0.1 (port chosen by the OS, held from bind until the workers
+  are gone, so no race) and hands it to a multi-tenant ``TCPStore`` that torch's static rendezvous reuses.
 - torch elastic, called from the main thread, replaces the kernel's SIGINT handler with one that
   raises ``SignalException`` and never puts the old one back; it then stops workers with a 30 s grace
-  period. nbdist runs the launcher on a helper thread instead (elastic then leaves signals alone), so
-  the notebook's stop button raises ``KeyboardInterrupt`` in the waiting main thread, and nbdist
-  stops the workers itself: SIGINT, then SIGTERM, then SIGKILL, within ``STOP_SCHEDULE`` seconds.
+  period. nbdist runs the launcher on a helper thread instead (elastic then leaves signals alone) for
+  as long as the warm workers live; the notebook's stop button cancels the run (``parent/pool.py``),
+  and only workers that do not stop get SIGINT, then SIGTERM, then SIGKILL (``STOP_SCHEDULE``).
 - with ``max_restarts=0`` a worker that dies makes elastic stop the others and raise
   ``ChildFailedError`` with pages of traceback; nbdist turns that into ``WorkerExit`` records.
-- its banner ("Launching training on 2 CUDAs.") is printed even on a CPU run; and with
+- its banner ("Launching training on 2 CUDAs.") is printed even on a CPU run, and elastic logs from
+  the launcher thread (an ERROR line when a worker is killed): both are dropped for that thread only;
+  and with
   ``num_processes=1`` it runs the function inside the kernel itself, so for one process nbdist calls
   the same torch elastic launch that ``notebook_launcher`` uses for many.
 """
@@ -22,22 +24,33 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from ..worker.lifecycle import detached
 
-__all__ = ["STOP_SCHEDULE", "LaunchOutcome", "WorkerExit", "free_port", "launch_workers"]
+__all__ = [
+    "STOP_SCHEDULE",
+    "LauncherThread",
+    "WorkerExit",
+    "deaths",
+    "free_port",
+    "loopback_store",
+    "muted_stdout",
+    "start_launcher",
+    "stop_workers",
+    "workers_since",
+]
 
 # Seconds to wait after each signal before sending the next: SIGINT lets a worker send the images it
 # has finished; SIGTERM ends one that ignores SIGINT; SIGKILL cannot be ignored.
@@ -71,17 +84,6 @@ class WorkerExit:
         if code > 128 and code - 128 in {s.value for s in signal.Signals}:
             return f"stopped by {signal.Signals(code - 128).name}"
         return f"exited with status {code}"
-
-
-@dataclass
-class LaunchOutcome:
-    """How the workers ended: all well, interrupted (and how fast they were gone), or some died."""
-
-    interrupted: bool = False
-    stop_seconds: float | None = None  # from the interrupt to the last worker gone
-    died: list[WorkerExit] = field(default_factory=list)
-    error: BaseException | None = None  # a launcher failure that is not a worker's death
-    leftover_pids: list[int] = field(default_factory=list)  # workers still alive after SIGKILL (D state)
 
 
 def free_port() -> int:
@@ -125,20 +127,72 @@ def loopback_store() -> Iterator[int]:
         del store
 
 
+class _ThreadMutedStream:
+    """A stand-in for ``sys.stdout`` that drops what the given threads write and passes the rest on."""
+
+    def __init__(self, stream: Any, threads: set[int]) -> None:
+        self._stream = stream
+        self._threads = threads
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() in self._threads:
+            return len(text)
+        return int(self._stream.write(text) or 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _FromThreads(logging.Filter):
+    """Drops log records made on nbdist's launcher threads (torch elastic's agent runs there)."""
+
+    def __init__(self, threads: set[int]) -> None:
+        super().__init__("nbdist")
+        self.threads = threads
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread not in self.threads
+
+
+_LAUNCHER_THREADS: set[int] = set()
+_FILTER = _FromThreads(_LAUNCHER_THREADS)
+
+
+def _silence_elastic_logs() -> None:
+    """Keep every torch elastic log line out of the cell, at any level, even when a worker is killed.
+
+    Levels are not enough: elastic gives each of its loggers its own level (``LOGLEVEL``, WARNING by
+    default), and its ERROR line about a killed worker propagates to torch's own stderr handler. So a
+    filter that drops records made on nbdist's launcher threads sits on elastic's loggers and on the
+    handlers those records reach (torch's, the root's, logging's last resort). Records from any other
+    thread, e.g. the user's own torch.distributed code, pass untouched.
+    """
+    import torch.distributed.elastic.multiprocessing.api
+    import torch.distributed.launcher.api  # noqa: F401
+
+    prefixes = ("torch.distributed", "torch.multiprocessing", "accelerate")
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith(prefixes)]
+    handlers = [*logging.getLogger("torch").handlers, *logging.getLogger().handlers]
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for target in [*loggers, *handlers]:
+        if _FILTER not in target.filters:
+            target.addFilter(_FILTER)
+
+
 @contextlib.contextmanager
-def quiet_launch() -> Iterator[None]:
-    """Swallow the launcher's banner and torch elastic's info/warning logs (errors still show)."""
-    names = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
+def muted_stdout() -> Iterator[None]:
+    """Drop what the launcher threads print (accelerate's "Launching training on 2 CPUs." banner).
+
+    Only those threads: the user's cells keep printing while a background pool starts.
+    """
+    original = sys.stdout
+    sys.stdout = _ThreadMutedStream(original, _LAUNCHER_THREADS)  # type: ignore[assignment]
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
+        yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        if isinstance(sys.stdout, _ThreadMutedStream):  # unless someone replaced it meanwhile
+            sys.stdout = original
 
 
 def _launch_one(function: Callable[..., Any], args: tuple[Any, ...], port: int) -> None:
@@ -169,8 +223,12 @@ def _run_launcher(function: Callable[..., Any], args: tuple[Any, ...], n: int, p
     notebook_launcher(function, args=args, num_processes=n, use_port=str(port), master_addr="127.0.0.1")
 
 
-class _LauncherThread(threading.Thread):
-    """Runs the blocking launcher; keeps what it raised for the main thread."""
+class LauncherThread(threading.Thread):
+    """Runs the blocking launcher for as long as the workers live; keeps what it raised.
+
+    The workers are forked from this thread, and ``PR_SET_PDEATHSIG`` ties them to it: it must (and
+    does) live exactly as long as they do.
+    """
 
     def __init__(self, target: Callable[[], None]) -> None:
         super().__init__(name="nbdist-launcher", daemon=True)
@@ -178,6 +236,7 @@ class _LauncherThread(threading.Thread):
         self.raised: BaseException | None = None
 
     def run(self) -> None:
+        _LAUNCHER_THREADS.add(threading.get_ident())
         try:
             self._target_fn()
         except BaseException as exc:  # handed to the main thread, never lost
@@ -186,9 +245,26 @@ class _LauncherThread(threading.Thread):
             # ipykernel keeps threads started in a cell; without this the run's spec (its queue's pipe,
             # the pipeline) would live as long as the kernel. threading.Thread.run does the same.
             del self._target_fn
+            _LAUNCHER_THREADS.discard(threading.get_ident())
 
 
-def _workers(before: set[int]) -> list[Any]:
+def start_launcher(
+    function: Callable[..., Any], args: tuple[Any, ...], num_processes: int, port: int
+) -> LauncherThread:
+    """Fork ``num_processes`` workers running ``function(*args)`` (detached from the kernel) on a launcher thread."""
+    _silence_elastic_logs()
+    parent_pid = os.getpid()
+
+    @functools.wraps(function)  # torch elastic names the run after the entrypoint's __name__
+    def worker_fn(*worker_args: Any) -> Any:
+        return detached(function, parent_pid, *worker_args)
+
+    thread = LauncherThread(lambda: _run_launcher(worker_fn, args, num_processes, port))
+    thread.start()
+    return thread
+
+
+def workers_since(before: set[int]) -> list[Any]:
     """The live multiprocessing children started since ``before`` was taken: this run's workers."""
     return [p for p in multiprocessing.active_children() if p.pid not in before]
 
@@ -221,53 +297,10 @@ def stop_workers(workers: list[Any]) -> list[int]:
     return [p.pid for p in alive]
 
 
-def _deaths(exc: BaseException) -> list[WorkerExit] | None:
+def deaths(exc: BaseException) -> list[WorkerExit] | None:
     """The worker deaths behind torch elastic's ``ChildFailedError``, or None for another error."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     if not isinstance(exc, ChildFailedError):
         return None
     return [WorkerExit(f.local_rank, f.pid, f.exitcode) for f in exc.failures.values()]
-
-
-def launch_workers(function: Callable[..., Any], args: tuple[Any, ...], num_processes: int) -> LaunchOutcome:
-    """Run ``function(*args)`` in ``num_processes`` forked workers; return once they have all exited.
-
-    ``KeyboardInterrupt`` while waiting stops the workers (see ``STOP_SCHEDULE``) and returns an
-    outcome with ``interrupted`` set; it is not re-raised, so the caller can keep the partial results.
-    """
-    outcome = LaunchOutcome()
-    before = {p.pid for p in multiprocessing.active_children()}
-    parent_pid = os.getpid()
-
-    @functools.wraps(function)  # torch elastic names the run after the entrypoint's __name__
-    def worker_fn(*worker_args: Any) -> Any:
-        return detached(function, parent_pid, *worker_args)
-
-    with loopback_store() as port, quiet_launch():
-        thread = _LauncherThread(lambda: _run_launcher(worker_fn, args, num_processes, port))
-        try:
-            thread.start()
-            while thread.is_alive():
-                thread.join(0.1)
-        except KeyboardInterrupt:
-            interrupted_at = time.monotonic()
-            outcome.interrupted = True
-            outcome.leftover_pids = stop_workers(_workers(before))
-            outcome.stop_seconds = time.monotonic() - interrupted_at
-            # Elastic notices the workers are gone within its monitor interval. If the interrupt came
-            # before it had forked them all, stop the late ones too; bounded, just in case.
-            deadline = time.monotonic() + 5.0
-            while thread.is_alive() and time.monotonic() < deadline:
-                with contextlib.suppress(KeyboardInterrupt):
-                    thread.join(0.1)
-                    late = _workers(before)
-                    if late:
-                        outcome.leftover_pids = stop_workers(late)
-    if thread.raised is not None and not outcome.interrupted:
-        deaths = _deaths(thread.raised)
-        if deaths is None:
-            outcome.error = thread.raised
-        else:
-            outcome.died = deaths
-    return outcome

@@ -31,6 +31,7 @@ class TerminalProgress:
         prefix: str = "",
         share_only: bool = False,
         interval: float = 0.1,
+        summary: bool = False,
     ) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._live = live if live is not None else bool(getattr(self._stream, "isatty", lambda: False)())
@@ -45,6 +46,8 @@ class TerminalProgress:
         self._started = time.monotonic()
         self._last_draw = 0.0
         self._drawn = False
+        self._summary = summary  # end with the result's one-line summary (terminal IPython, scripts)
+        self._first_image_at: float | None = None
 
     def on_start(self, run: RunInfo) -> None:
         self._jobs = {job.index: job for job in run.jobs}
@@ -62,6 +65,8 @@ class TerminalProgress:
             self._draw()
         elif isinstance(msg, ImageReady):
             self._done += 1
+            if self._first_image_at is None:
+                self._first_image_at = time.monotonic()
             self._step = ""
             job = self._jobs.get(msg.index)
             name = file_name(job) if job is not None else f"image {msg.index}"
@@ -76,6 +81,8 @@ class TerminalProgress:
         if self._live and self._drawn:
             self._draw(force=True)
             self._write("\n")
+        if self._summary:
+            self._write(f"{self._prefix}nbdist: {result.summary()}\n")
 
     def _event(self, text: str) -> None:
         """Something worth a line in a log; on a tty only the live line changes (failures excepted)."""
@@ -99,9 +106,19 @@ class TerminalProgress:
         bar = "#" * filled + "-" * (_BAR - filled)
         extra = f", {self._failed} failed" if self._failed else ""
         step = f"  {self._step}" if self._step else ""
-        line = f"{self._prefix}[{bar}] {finished}/{total} images{extra}  {now - self._started:.1f} s{step}"
+        elapsed = f"{now - self._started:.1f} s{self._rate(now)}"
+        line = f"{self._prefix}[{bar}] {finished}/{total} images{extra}  {elapsed}{step}"
         self._write(f"\r\x1b[K{line}")
         self._drawn = True
+
+    def _rate(self, now: float) -> str:
+        """``  0.9 img/s, ETA 12 s`` once two images have come (the first one includes start-up)."""
+        first, total = self._first_image_at, self._total or 0
+        if first is None or self._done < 2 or now <= first:
+            return ""
+        rate = (self._done - 1) / (now - first)
+        left = max(0, total - self._done - self._failed)
+        return f"  {rate:.2f} img/s, ETA {left / rate:.0f} s" if rate > 0 else ""
 
     def _write(self, text: str) -> None:
         try:

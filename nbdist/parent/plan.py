@@ -1,0 +1,198 @@
+"""Plan a run before any process starts: check every input, pick the device, dtype and worker count.
+
+Everything a user can get wrong is found here, as a one-line ``NbdistUsageError``, while nothing has
+been forked yet. The plan also decides what the warm pool must be (``PoolKey``): a later run with the
+same key reuses the workers; any other key replaces them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..jobs import ImageJob, make_jobs
+from ..options import GenerateOptions, NbdistUsageError
+from .devices import cpu_count, cuda_initialized, visible_gpu_count
+from .observer import RunInfo
+
+__all__ = ["Plan", "PoolKey", "make_options", "plan_run"]
+
+_OPTION_NAMES = {f.name for f in fields(GenerateOptions)}
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    """What the warm workers hold; a run with another key needs new workers."""
+
+    model: str
+    pipe_id: int  # id() of the pipeline object the workers copied at fork
+    device_type: str
+    dtype: str
+    num_processes: int
+    threads: int
+    allow_pickle: bool
+    device_map: str | None
+    max_memory: str
+
+    def difference(self, other: PoolKey) -> str:
+        """What changed, for the one line that says why the workers are replaced."""
+        labels = {"pipe_id": "pipeline object", "num_processes": "-n", "threads": "threads per worker"}
+        changed = [labels.get(f.name, f.name) for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+        if "pipeline object" in changed and "model" in changed:
+            changed.remove("pipeline object")
+        return ", ".join(changed) or "nothing"
+
+
+@dataclass
+class Plan:
+    """A checked run: the pipeline in this process, where and how it runs, and its numbered jobs."""
+
+    pipe: Any
+    name: str
+    device_type: str
+    dtype: str
+    num_processes: int
+    threads: int
+    options: GenerateOptions
+    jobs: list[ImageJob]
+    info: RunInfo
+
+    @property
+    def key(self) -> PoolKey:
+        """The warm pool this plan needs."""
+        o = self.options
+        return PoolKey(
+            self.name,
+            id(self.pipe),
+            self.device_type,
+            self.dtype,
+            self.num_processes,
+            self.threads,
+            o.allow_pickle,
+            o.device_map,
+            repr(o.max_memory),
+        )
+
+
+def make_options(options: GenerateOptions | None, overrides: dict[str, Any]) -> GenerateOptions:
+    """``GenerateOptions`` with keyword overrides; an unknown keyword is a ``TypeError`` like any call's."""
+    unknown = set(overrides) - _OPTION_NAMES
+    if unknown:
+        raise TypeError(f"generate() got unknown option(s): {', '.join(sorted(unknown))}")
+    return (options or GenerateOptions()).with_(**overrides)
+
+
+def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOptions) -> Plan:
+    """Check everything checkable before a process starts and number the jobs."""
+    options.validate()
+    if not prompts:
+        raise NbdistUsageError("no prompts: write one prompt per line in the cell")
+    if options.device != "cpu" and cuda_initialized():
+        raise NbdistUsageError(
+            "CUDA is already initialised in this kernel, so forked workers cannot use the GPU. "
+            "Restart the kernel and run %%distgen before any cell that touches the GPU "
+            "(.to('cuda'), torch.cuda calls, Accelerator(), importing bitsandbytes)."
+        )
+    if options.device_map is not None:
+        pipe, name, device_type, dtype, n = _plan_device_map(model_or_pipe, options)
+    else:
+        device_type = _device_type(options)
+        dtype = options.dtype or ("float16" if device_type == "cuda" else "float32")
+        n = _num_processes(options, device_type)
+        pipe, name = _pipeline(model_or_pipe, dtype, options.allow_pickle)
+        scale = getattr(pipe, "vae_scale_factor", None)
+        if isinstance(scale, int) and scale > 0:
+            options.check_size(scale)
+    seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
+    options = options.with_(seed=seed)
+    jobs = make_jobs(list(prompts), options.images_per_prompt, seed)
+    default_h, default_w = _default_size(pipe)
+    info = RunInfo(jobs, options, name, seed, n, device_type, options.height or default_h, options.width or default_w)
+    threads = _threads_per_worker(device_type, n)
+    return Plan(pipe, name, device_type, dtype, n, threads, options, jobs, info)
+
+
+def _device_type(options: GenerateOptions) -> str:
+    gpus = visible_gpu_count()
+    if options.device == "cuda" and gpus == 0:
+        raise NbdistUsageError("--device cuda: no GPU is visible to this process")
+    if options.device == "auto":
+        return "cuda" if gpus else "cpu"
+    return options.device
+
+
+def _num_processes(options: GenerateOptions, device_type: str) -> int:
+    """``-n``, else one worker per visible GPU, else a CPU default that keeps the cores busy.
+
+    Never from the number of prompts: the warm workers stay across cells, and a default that followed
+    the cell would replace them between a one-prompt cell and a twelve-prompt one.
+    """
+    if device_type == "cuda":
+        gpus = visible_gpu_count()
+        if options.num_processes is not None and options.num_processes > gpus:
+            raise NbdistUsageError(f"-n {options.num_processes}: only {gpus} GPU(s) visible")
+        return options.num_processes or gpus
+    if options.num_processes is not None:
+        return options.num_processes
+    return max(1, min(cpu_count(), 4))
+
+
+def _threads_per_worker(device_type: str, n: int) -> int:
+    """Torch intra-op threads per worker: on the CPU ``cores // n``, so the workers never oversubscribe.
+
+    Measured on 2 cores (benchmarks/RESULTS.md): 2 workers x 1 thread beat 1 worker x 2 threads, and
+    2 x 2 threads (torch's default in every process) is slower than both. ``NBDIST_THREADS_PER_WORKER``
+    overrides it (e.g. when other work shares the machine, or to measure the lever).
+    """
+    override = os.environ.get("NBDIST_THREADS_PER_WORKER")
+    if override:
+        if not override.isdigit() or int(override) < 1:
+            raise NbdistUsageError(f"NBDIST_THREADS_PER_WORKER must be a positive integer, got {override!r}")
+        return int(override)
+    return max(1, cpu_count() // n) if device_type == "cpu" else 1
+
+
+def _pipeline(model_or_pipe: Any, dtype: str, allow_pickle: bool) -> tuple[Any, str]:
+    """The pipeline object and a name for it (the model id or folder, or the pipeline's class)."""
+    if isinstance(model_or_pipe, str | os.PathLike):
+        from ..pipelines import cached_pipeline
+
+        return cached_pipeline(os.fspath(model_or_pipe), dtype, allow_pickle=allow_pickle), os.fspath(model_or_pipe)
+    if not callable(model_or_pipe) or not hasattr(model_or_pipe, "components"):
+        raise NbdistUsageError(f"{type(model_or_pipe).__name__} is not a diffusers pipeline")
+    name = getattr(getattr(model_or_pipe, "config", None), "_name_or_path", None) or type(model_or_pipe).__name__
+    return model_or_pipe, str(name)
+
+
+def _plan_device_map(model_or_pipe: Any, options: GenerateOptions) -> tuple[Any, str, str, str, int]:
+    """``--device-map balanced``: one worker loads the model across the GPUs; the kernel loads nothing.
+
+    Loading here would put a model meant for several GPUs into the kernel's memory, and placing it
+    would initialise CUDA in the kernel; so the plan only checks, and the pipeline slot stays empty.
+    """
+    from ..placement import check_placement
+
+    check_placement(options, visible_gpu_count())
+    if not isinstance(model_or_pipe, str | os.PathLike):
+        raise NbdistUsageError(
+            "--device-map balanced loads the model itself with from_pretrained: give --model ID_OR_PATH, "
+            "not a pipeline that is already loaded"
+        )
+    from ..pipelines import looks_like_path
+
+    model = os.fspath(model_or_pipe)
+    if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
+        raise NbdistUsageError(f"model folder {model!r} does not exist")
+    return None, model, "cuda", options.dtype or "float16", 1
+
+
+def _default_size(pipe: Any) -> tuple[int, int]:
+    """The size the pipeline makes when none is given (SD: unet sample size × VAE scale factor)."""
+    try:
+        side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    except AttributeError:
+        side = 512
+    return side, side

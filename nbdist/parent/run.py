@@ -1,0 +1,204 @@
+"""One run on the warm pool: its observers, its records as they arrive, and its result at the end.
+
+A ``Run`` lives on the pool thread once dispatched; the caller holds a ``RunHandle`` that fills as
+images arrive (the same record API as ``GenerationResult``), and can ``wait`` for the result or
+``cancel``. Pool workers speak per run (``RunStarted`` ... ``RunFinished``); the run turns those into
+the ``WorkerStarted`` / ``WorkerFinished`` every observer already understands.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, overload
+
+from ..messages import Message, RunFinished, RunStarted, WorkerFinished, WorkerStarted
+from .collector import Fanout, ResultBuilder
+from .launch import WorkerExit
+from .observer import RunObserver
+from .plan import Plan
+from .results import GenerationResult, ImageRecord, WorkerFailure
+from .saving import DiskWriter
+
+__all__ = ["Run", "RunHandle"]
+
+
+class Run:
+    """A planned run, queued or running on the pool; finished exactly once."""
+
+    def __init__(self, run_id: int, plan: Plan, observers: Sequence[RunObserver]) -> None:
+        self.id = run_id
+        self.plan = plan
+        self.builder = ResultBuilder()
+        self.writer = DiskWriter(plan.options.save_dir) if plan.options.save_dir else None
+        self.fanout = Fanout([self.builder, *observers, *([self.writer] if self.writer else [])])
+        self.finished_ranks: set[int] = set()
+        self.cancel_requested_at: float | None = None
+        self.fresh_group = False  # the pipeline changed since the workers started: they must be replaced
+        self.started_at: float | None = None
+        self.result: GenerationResult | None = None
+        self.done = threading.Event()
+        self._log_offsets: dict[int, int] = {}
+        self._log_dir = ""
+        self._hellos: dict[int, WorkerStarted] = {}
+
+    def announce(self) -> None:
+        """Observers' ``on_start``, in the caller's thread (the gallery displays itself in the cell)."""
+        self.fanout.start(self.plan.info)
+
+    def begin(self, hellos: dict[int, WorkerStarted], log_dir: str) -> None:
+        """The pool dispatched the run to its workers."""
+        self.started_at = time.monotonic()
+        self._hellos = hellos
+        self._log_dir = log_dir
+        self._log_offsets = {rank: _size(self._log_path(rank)) for rank in range(self.plan.num_processes)}
+
+    def on_message(self, msg: Message) -> None:
+        """A message from the workers while this run is theirs."""
+        if isinstance(msg, RunStarted):
+            hello = self._hellos[msg.rank]
+            msg = WorkerStarted(msg.rank, hello.device, hello.pid, msg.num_jobs, hello.threads, hello.device_map)
+        elif isinstance(msg, RunFinished):
+            self.finished_ranks.add(msg.rank)
+            msg = WorkerFinished(msg.rank, msg.error, msg.traceback)
+        self.fanout.dispatch(msg)
+
+    @property
+    def complete(self) -> bool:
+        """Every worker has said it is done with this run."""
+        return len(self.finished_ranks) == self.plan.num_processes
+
+    def finish(
+        self, *, died: Sequence[WorkerExit] = (), error: BaseException | None = None, note: str | None = None
+    ) -> GenerationResult:
+        """Build the result (partial if cancelled or workers died), tell the observers, wake the waiters."""
+        plan, builder = self.plan, self.builder
+        for exit_ in died:
+            if not any(f.rank == exit_.rank for f in builder.worker_failures):
+                builder.worker_failures.append(
+                    WorkerFailure(exit_.rank, f"worker process {exit_.pid} {exit_.describe()}")
+                )
+        if error is not None:
+            builder.worker_failures.append(WorkerFailure(-1, f"launcher: {type(error).__name__}: {error}"))
+        if note:
+            builder.worker_failures.append(WorkerFailure(-1, note))
+        started = self.started_at
+        result = GenerationResult(
+            records=[builder.records[i] for i in sorted(builder.records)],
+            missing=[job for job in plan.jobs if job.index not in builder.records],
+            options=plan.options,
+            seed=plan.info.seed,
+            model=plan.name,
+            num_processes=plan.num_processes,
+            seconds=0.0 if started is None else time.monotonic() - started,
+            first_image_seconds=None
+            if builder.first_image_at is None or started is None
+            else builder.first_image_at - started,
+            interrupted=self.cancel_requested_at is not None,
+            worker_failures=builder.worker_failures,
+            workers={r: w for r, w in builder.workers.items()},
+            logs=self._read_logs(),
+            save_dir=Path(plan.options.save_dir) if plan.options.save_dir else None,
+        )
+        if self.writer is not None:
+            for record in result.records:
+                record.path = self.writer.paths.get(record.index)
+        self.fanout.end(result)
+        self.result = result
+        self.done.set()
+        return result
+
+    def _read_logs(self) -> dict[int, str]:
+        """What each worker wrote to its log during this run."""
+        logs: dict[int, str] = {}
+        for rank, offset in self._log_offsets.items():
+            try:
+                with self._log_path(rank).open("rb") as f:
+                    f.seek(offset)
+                    logs[rank] = f.read().decode("utf-8", errors="replace")
+            except OSError:
+                continue
+        return logs
+
+    def _log_path(self, rank: int) -> Path:
+        return Path(self._log_dir) / f"worker-{rank}.log"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+class RunHandle(Sequence[ImageRecord]):
+    """A run going on in the background: records so far, ``done``, ``wait()`` and ``cancel()``.
+
+    Indexing and iterating give the images finished so far in prompt order, like ``GenerationResult``;
+    ``wait`` returns the ``GenerationResult`` once the run is over.
+    """
+
+    def __init__(self, run: Run, pool: Any) -> None:
+        self._run = run
+        self._pool = pool
+
+    @property
+    def records(self) -> list[ImageRecord]:
+        if self._run.result is not None:
+            return self._run.result.records
+        snapshot = dict(self._run.builder.records)  # a C-level copy: safe while the pool thread adds
+        return [snapshot[i] for i in sorted(snapshot)]
+
+    @overload
+    def __getitem__(self, i: int) -> ImageRecord: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[ImageRecord]: ...
+    def __getitem__(self, i: int | slice) -> ImageRecord | list[ImageRecord]:
+        return self.records[i]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self.records)
+
+    @property
+    def images(self) -> list[Any]:
+        """The images finished so far, in prompt order."""
+        return [r.image for r in self.records if r.image is not None]
+
+    @property
+    def done(self) -> bool:
+        return self._run.done.is_set()
+
+    @property
+    def result(self) -> GenerationResult | None:
+        """The ``GenerationResult`` once the run is over, else None."""
+        return self._run.result
+
+    def wait(self, timeout: float | None = None) -> GenerationResult:
+        """Block until the run is over and return its result (``TimeoutError`` after ``timeout`` s)."""
+        if not self._run.done.wait(timeout):
+            raise TimeoutError(f"run {self._run.id} is still going after {timeout} s")
+        assert self._run.result is not None
+        return self._run.result
+
+    def wait_briefly(self, seconds: float = 0.1) -> bool:
+        """Wait at most ``seconds``; True when the run is over (lets the caller take interrupts)."""
+        return self._run.done.wait(seconds)
+
+    def cancel(self) -> None:
+        """Stop the run: images being made are dropped within one denoising step, finished ones kept."""
+        self._pool.cancel(self._run)
+
+    def __repr__(self) -> str:
+        if self._run.result is not None:
+            return f"<RunHandle done: {self._run.result.summary()}>"
+        total = len(self._run.plan.jobs)
+        state = "running" if self._run.started_at is not None else "queued"
+        return f"<RunHandle {state}: {len(self)} of {total} images so far>"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))

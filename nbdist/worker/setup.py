@@ -1,0 +1,113 @@
+"""Get a worker ready: its process group in accelerate, its pipeline on its device.
+
+Shared by the warm pool's workers (``serve``) and by processes that make one run and exit
+(``run_worker`` under ``torchrun`` / ``accelerate launch``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..messages import WorkerStarted
+from ..spec import WorkerSetup
+from .quiet import redirect_output, silence_libraries
+
+__all__ = ["ReadyWorker", "begin", "get_ready"]
+
+
+@dataclass
+class ReadyWorker:
+    """A worker with its pipeline placed: what it needs to make images."""
+
+    state: Any  # accelerate PartialState
+    pipe: Any
+    rank: int
+    device: str
+
+
+def begin(setup: WorkerSetup) -> int:
+    """First thing in a worker: output to its log file, libraries quiet, thread count set; returns the rank."""
+    import torch
+
+    rank = int(os.environ.get("RANK", "0"))
+    redirect_output(os.path.join(setup.log_dir, f"worker-{rank}.log"))
+    silence_libraries()
+    torch.set_num_threads(setup.threads_per_worker)
+    return rank
+
+
+def _partial_state(device_type: str) -> Any:
+    """A fresh ``PartialState`` for this process.
+
+    ``PartialState`` is a process-wide singleton; one created in the parent before the fork would be
+    inherited and make every worker believe it is the only process, so it is reset first. On the CPU
+    ``cpu=True`` is essential: without it accelerate does not set up the gloo group and every worker
+    silently takes all the prompts.
+    """
+    from accelerate import PartialState
+
+    PartialState._reset_state()
+    return PartialState(cpu=device_type == "cpu")
+
+
+def get_ready(setup: WorkerSetup) -> tuple[ReadyWorker, WorkerStarted]:
+    """Join the process group, load or inherit the pipeline, place it; returns the worker and its hello."""
+    import torch
+
+    state = _partial_state(setup.device_type)
+    torch.set_num_threads(setup.threads_per_worker)  # accelerate's multi-CPU setup resets it to cores // n
+    device = "cpu" if state.device.type == "cpu" else str(state.device)  # accelerate may say "cpu:0"
+    pipe = _load(setup)
+    device = _place(pipe, setup, device)
+    pipe.set_progress_bar_config(disable=True)
+    hello = WorkerStarted(
+        state.process_index, device, os.getpid(), -1, torch.get_num_threads(), device_map=_device_map(pipe, setup)
+    )
+    return ReadyWorker(state, pipe, state.process_index, device), hello
+
+
+def _load(setup: WorkerSetup) -> Any:
+    """The pipeline: inherited through fork, or loaded here when started by torchrun/accelerate."""
+    if setup.pipeline is not None:
+        return setup.pipeline
+    from ..pipelines import load_pipeline
+    from ..placement import normalise_max_memory
+
+    return load_pipeline(
+        setup.model or "",
+        setup.dtype,
+        allow_pickle=setup.options.allow_pickle,
+        device_map=setup.options.device_map,
+        max_memory=normalise_max_memory(setup.options.max_memory),
+    )
+
+
+def _place(pipe: Any, setup: WorkerSetup, device: str) -> str:
+    """Put the pipeline where this worker runs it; returns the device to report.
+
+    A pipeline this worker loaded with ``--device-map balanced`` is already spread over the GPUs and
+    stays so. A device-mapped pipeline handed over from the parent (e.g. loaded there with
+    ``device_map="cpu"``) carries accelerate hooks that would fight ``.to()``; diffusers requires
+    ``reset_device_map()`` first, which removes them (in this worker's copy only).
+    """
+    if setup.options.device_map is not None:
+        placed = sorted({str(d) for d in _as_dict(pipe.hf_device_map).values()})
+        return f"{setup.options.device_map}:{'+'.join(placed)}"
+    if getattr(pipe, "hf_device_map", None):
+        pipe.reset_device_map()
+    pipe.to(device)
+    return device
+
+
+def _device_map(pipe: Any, setup: WorkerSetup) -> dict[str, Any] | None:
+    """The ``hf_device_map`` of a ``--device-map`` run, as plain picklable values for the parent."""
+    if setup.options.device_map is None or not getattr(pipe, "hf_device_map", None):
+        return None
+    return {str(k): v if isinstance(v, int | str) else str(v) for k, v in _as_dict(pipe.hf_device_map).items()}
+
+
+def _as_dict(device_map: Any) -> dict[str, Any]:
+    """diffusers keeps a dict per component for "balanced", but just the string for ``device_map="cpu"``."""
+    return dict(device_map) if isinstance(device_map, dict) else {"pipeline": device_map} if device_map else {}
