@@ -27,13 +27,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAMILIES", "build_family", "ensure_family", "family_path"]
+__all__ = ["BUILD_VERSION", "FAMILIES", "RECOMMENDED", "build_family", "ensure_family", "family_path"]
 
 FAMILIES: tuple[str, ...] = ("sd", "sdxl", "sdxl-turbo", "sd3", "flux", "pixart-sigma", "sana", "lcm")
 
 # Checkpoint-recommended settings written as ``nbdist.json`` next to the model (as a user would for a
 # local Turbo/LCM folder); nbdist reads them in preference to the class's ``__call__`` defaults.
 RECOMMENDED: dict[str, dict[str, Any]] = {"sdxl-turbo": {"steps": 2, "guidance": 0.0}}
+
+# Bumped whenever a config below changes, so that cached folders from older builds are rebuilt.
+BUILD_VERSION = 2
+_MARKER = ".tiny-family-version"
 
 
 # --------------------------------------------------------------------------------------------- tokenizers
@@ -442,12 +446,36 @@ def family_path(name: str) -> Path:
     return root / "families" / name
 
 
+def _is_current(folder: Path) -> bool:
+    """Whether ``folder`` holds a complete build of this module's current configs.
+
+    Configs change (a cheaper patch size, a new family default); a folder written by an older version
+    would silently give tests the old behaviour, so each build records ``BUILD_VERSION`` in a marker file.
+    """
+    try:
+        return (folder / "model_index.json").exists() and int((folder / _MARKER).read_text()) == BUILD_VERSION
+    except (OSError, ValueError):
+        return False
+
+
+def _discard(folder: Path) -> None:
+    """Move a stale build aside (one rename, so readers see old or nothing) and delete it."""
+    import contextlib
+    import shutil
+    import tempfile
+
+    trash = Path(tempfile.mkdtemp(prefix=folder.name + ".stale.", dir=folder.parent))
+    with contextlib.suppress(OSError):  # already moved or replaced by a concurrent caller
+        os.rename(folder, trash / folder.name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def ensure_family(name: str, path: str | Path | None = None) -> Path:
     """Save family ``name`` with ``save_pretrained`` (safetensors) unless already there; return the folder.
 
     The folder loads back with ``DiffusionPipeline.from_pretrained(folder)`` like a downloaded model.
     Writing goes through a temporary folder and a rename, so concurrent callers (parallel tests, several
-    workers) never see a half-written model.
+    workers) never see a half-written model. A folder from an older ``BUILD_VERSION`` is rebuilt.
     """
     import shutil
     import tempfile
@@ -455,7 +483,7 @@ def ensure_family(name: str, path: str | Path | None = None) -> Path:
     if name not in _BUILDERS:
         raise ValueError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
     target = Path(path) if path is not None else family_path(name)
-    if (target / "model_index.json").exists():
+    if _is_current(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
@@ -463,9 +491,12 @@ def ensure_family(name: str, path: str | Path | None = None) -> Path:
         build_family(name).save_pretrained(tmp, safe_serialization=True)
         if name in RECOMMENDED:
             (tmp / "nbdist.json").write_text(json.dumps(RECOMMENDED[name]) + "\n")
+        (tmp / _MARKER).write_text(f"{BUILD_VERSION}\n")
+        if target.exists() and not _is_current(target):
+            _discard(target)
         os.rename(tmp, target)
     except OSError:
-        if not (target / "model_index.json").exists():
+        if not _is_current(target):
             raise
     finally:  # our copy lost the race (or failed): theirs is as good as ours
         if tmp.exists():

@@ -82,6 +82,21 @@ def test_turbo_carries_its_recommended_settings():
     assert not (ensure_family("sdxl") / "nbdist.json").exists()
 
 
+def test_a_stale_build_is_replaced(tmp_path):
+    """A folder written by an older BUILD_VERSION (other configs) is rebuilt, not reused."""
+    from nbdist.tiny_families import BUILD_VERSION
+
+    folder = ensure_family("lcm", tmp_path / "lcm")
+    marker = folder / ".tiny-family-version"
+    assert int(marker.read_text()) == BUILD_VERSION
+    marker.write_text("0\n")
+    (folder / "leftover").write_text("from the old build")
+    assert ensure_family("lcm", folder) == folder
+    assert int(marker.read_text()) == BUILD_VERSION
+    assert not (folder / "leftover").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["lcm"]  # no temporary folders left behind
+
+
 def test_class_defaults_are_the_real_ones():
     """The defaults nbdist will read from ``__call__`` (the issue quotes them per family)."""
     from diffusers import FluxPipeline, LatentConsistencyModelPipeline, StableDiffusion3Pipeline
