@@ -10,7 +10,8 @@ real checkpoint and gives the real class.
 
 Sizes were chosen so that a call *without* height/width (the pipeline's own default) is cheap too:
 
-* the UNet families and SD3 produce 32×32 by default;
+* the UNet families and SD3 produce 32×32 by default (SD3 with its real scale factor 8, so that sizes
+  step by 16 as with the real model);
 * PixArt-Σ bins every size to its smallest table (256×256) unless ``use_resolution_binning=False``; the VAE
   here has scale factor 1 and the transformer patch size 8, so the default output is 32×32;
 * Flux's default side is hard-coded as ``128 * vae_scale_factor``: 128×128 with the scale factor 1 used here;
@@ -36,7 +37,7 @@ FAMILIES: tuple[str, ...] = ("sd", "sdxl", "sdxl-turbo", "sd3", "flux", "pixart-
 RECOMMENDED: dict[str, dict[str, Any]] = {"sdxl-turbo": {"steps": 2, "guidance": 0.0}}
 
 # Bumped whenever a config below changes, so that cached folders from older builds are rebuilt.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 _MARKER = ".tiny-family-version"
 
 
@@ -151,13 +152,14 @@ def _kl_vae(channels: tuple[int, ...], latent: int, groups: int, **extra: Any): 
     )
 
 
-def _flow_vae(latent: int = 4):  # noqa: ANN202 - diffusers type
-    """The one-block VAE of diffusers' Flux/SD3 tests (scale factor 1), without its mid-block attention.
+def _flow_vae(latent: int, blocks: int):  # noqa: ANN202 - diffusers type
+    """The VAE of diffusers' Flux/SD3 tests (4 channels a block), without its mid-block attention.
 
-    Flux decodes 128×128 by default; self-attention over 16k pixels would cost a gigabyte for nothing.
+    Scale factor ``2 ** (blocks - 1)``. Flux decodes 128×128 by default with one block; self-attention over
+    16k pixels would cost a gigabyte for nothing.
     """
     return _kl_vae(
-        (4,),
+        (4,) * blocks,
         latent=latent,
         groups=1,
         use_quant_conv=False,
@@ -285,8 +287,8 @@ def _sd3():  # noqa: ANN202 - diffusers type
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     transformer = SD3Transformer2DModel(
-        sample_size=32,
-        patch_size=2,  # sizes step by 2 * scale factor, as in SD3 (16 there, 2 here)
+        sample_size=4,  # 4 latent pixels * scale factor 8: 32×32 by default
+        patch_size=2,  # with SD3's real scale factor 8, sizes step by 16 exactly as in SD3
         in_channels=4,
         num_layers=1,
         attention_head_dim=8,
@@ -300,7 +302,7 @@ def _sd3():  # noqa: ANN202 - diffusers type
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_flow_vae(),
+        vae=_flow_vae(latent=4, blocks=4),
         text_encoder=_clip_text(clip, projection=True),
         tokenizer=clip,
         text_encoder_2=_clip_text(clip, projection=True),
@@ -327,7 +329,7 @@ def _flux():  # noqa: ANN202 - diffusers type
         axes_dims_rope=(4, 4, 8),
     )
     _louder(transformer.proj_out, 10.0)
-    vae = _flow_vae(latent=1)
+    vae = _flow_vae(latent=1, blocks=1)
     clip, t5 = _clip_tokenizer(), _t5_tokenizer()
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),

@@ -21,7 +21,7 @@ EXPECTED = {
     "sd": ("StableDiffusionPipeline", (32, 32), 2),
     "sdxl": ("StableDiffusionXLPipeline", (32, 32), 2),
     "sdxl-turbo": ("StableDiffusionXLPipeline", (32, 32), 2),
-    "sd3": ("StableDiffusion3Pipeline", (32, 32), 1),
+    "sd3": ("StableDiffusion3Pipeline", (32, 32), 8),
     "flux": ("FluxPipeline", (128, 128), 1),  # Flux's default side is hard-coded: 128 * vae_scale_factor
     "pixart-sigma": ("PixArtSigmaPipeline", (32, 32), 1),  # denoised at 256×256 (binning), resized back
     "sana": ("SanaPipeline", (1024, 1024), 32),  # signature default 1024; denoised at the 512 bin
