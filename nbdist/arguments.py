@@ -9,11 +9,12 @@ IPython.
 from __future__ import annotations
 
 import argparse
+import ast
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .options import DEVICES, DTYPES, SCHEDULES, GenerateOptions
+from .options import DEVICES, DTYPES, SCHEDULES, GenerateOptions, NbdistUsageError
 from .placement import DEVICE_MAPS
 
 __all__ = ["OPTION_ARGUMENTS", "Argument", "add_to_parser", "magic_decorators", "options_from_args"]
@@ -58,8 +59,14 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
             "(a device left out is not used)",
         },
     ),
-    Argument(("--steps",), {"type": int, "default": 30, "help": "denoising steps (default 30)"}),
-    Argument(("--guidance",), {"type": float, "default": 7.5, "help": "classifier-free guidance scale (default 7.5)"}),
+    Argument(
+        ("--steps",),
+        {"type": int, "help": "denoising steps (default: the model's nbdist.json or known setting, else its class's)"},
+    ),
+    Argument(
+        ("--guidance",),
+        {"type": float, "help": "guidance scale (default: the model's nbdist.json or known setting, else its class's)"},
+    ),
     Argument(("--height",), {"type": int, "help": "image height in pixels (multiple of the VAE scale factor)"}),
     Argument(("--width",), {"type": int, "help": "image width in pixels (multiple of the VAE scale factor)"}),
     Argument(("--negative",), {"metavar": "TEXT", "help": "negative prompt for every image"}),
@@ -82,6 +89,22 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
         {"metavar": "DIR", "help": "write each PNG (with its parameters) and manifest.jsonl here"},
     ),
     Argument(("--allow-pickle",), {"action": "store_true", "help": "allow loading pickle (.bin/.ckpt) weights"}),
+    Argument(
+        ("--param",),
+        {
+            "action": "append",
+            "metavar": "NAME=VALUE",
+            "dest": "params",
+            "help": "another pipeline call argument, e.g. true_cfg_scale=4.0 or max_sequence_length=256 "
+            "(VALUE a Python literal; repeatable; checked against the pipeline's __call__)",
+        },
+    ),
+    Argument(
+        ("--scheduler",),
+        {"metavar": "CLASS", "help": "swap in a compatible scheduler, e.g. EulerDiscreteScheduler (from_config)"},
+    ),
+    Argument(("--variant",), {"metavar": "NAME", "help": "weights variant for from_pretrained, e.g. fp16"}),
+    Argument(("--revision",), {"metavar": "REV", "help": "hub revision (branch, tag or commit) for from_pretrained"}),
 )
 
 
@@ -107,4 +130,26 @@ def add_to_parser(parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()
 
 def options_from_args(args: argparse.Namespace) -> GenerateOptions:
     """``GenerateOptions`` from parsed arguments (of either front end)."""
-    return GenerateOptions(**{arg.dest: getattr(args, arg.dest) for arg in OPTION_ARGUMENTS})
+    values = {arg.dest: getattr(args, arg.dest) for arg in OPTION_ARGUMENTS}
+    values["params"] = parse_params(values["params"] or [])
+    return GenerateOptions(**values)
+
+
+def parse_params(items: list[str]) -> dict[str, object]:
+    """``["true_cfg_scale=4.0", "clip_skip=2"]`` → a dict; values are Python literals (``ast.literal_eval``).
+
+    Never ``eval``: a cell's options must not run code. A bare word that is no literal (``pil``) is a string.
+    """
+    params: dict[str, object] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise NbdistUsageError(f"--param {item!r}: write NAME=VALUE, e.g. --param true_cfg_scale=4.0")
+        try:
+            params[name] = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError) as exc:
+            if not raw.strip().replace("_", "").replace("-", "").isalnum():
+                raise NbdistUsageError(f"--param {name}: {raw!r} is not a Python literal") from exc
+            params[name] = raw.strip()
+    return params

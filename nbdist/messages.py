@@ -59,6 +59,7 @@ class ImageReady:
     size: tuple[int, int]
     pixels: bytes
     thumbnail: bytes
+    note: str | None = None  # e.g. blanked by the safety checker
 
     def to_pil(self):  # noqa: ANN201 - PIL.Image.Image, imported lazily
         """The full-size image, rebuilt without any decoding."""
@@ -127,6 +128,7 @@ class RunCommand:
     run: int
     jobs: tuple[Any, ...]
     options: Any
+    call: Any  # a CallSettings: the call arguments every image gets
 
 
 Command = RunCommand | None  # None: stop serving and exit

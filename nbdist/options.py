@@ -27,8 +27,8 @@ class NbdistUsageError(ValueError):
 class GenerateOptions:
     """Everything that decides what is generated and how, except the model and the prompts."""
 
-    steps: int = 30
-    guidance: float = 7.5
+    steps: int | None = None  # None: the checkpoint's recommended value, else the pipeline's default
+    guidance: float | None = None
     height: int | None = None
     width: int | None = None
     negative: str | None = None
@@ -42,7 +42,10 @@ class GenerateOptions:
     schedule: str = "static"
     allow_pickle: bool = False
     thumbnail_size: int = 256
-    extra: dict[str, object] = field(default_factory=dict)
+    params: dict[str, object] = field(default_factory=dict)  # --param NAME=VALUE: more pipeline call arguments
+    scheduler: str | None = None  # a compatible scheduler class name, swapped in by the workers
+    variant: str | None = None  # from_pretrained(variant=...), e.g. "fp16"
+    revision: str | None = None  # from_pretrained(revision=...)
     device_map: str | None = None  # "balanced": one process, the model spread over the GPUs (placement.py)
     max_memory: str | dict[int | str, int | str] | None = None  # "0=10GiB,cpu=30GiB" or a dict, with device_map
 
@@ -54,6 +57,8 @@ class GenerateOptions:
         """Raise ``NbdistUsageError`` for values that cannot work, whatever the model."""
         for name in ("steps", "images_per_prompt", "batch_size"):
             value = getattr(self, name)
+            if value is None and name == "steps":
+                continue
             if not isinstance(value, int) or value < 1:
                 raise NbdistUsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.num_processes is not None and (not isinstance(self.num_processes, int) or self.num_processes < 1):
@@ -62,6 +67,11 @@ class GenerateOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise NbdistUsageError(f"--{name} must be a positive integer, got {value!r}")
+        if self.guidance is not None and (not isinstance(self.guidance, int | float) or self.guidance < 0):
+            raise NbdistUsageError(f"--guidance must be a number >= 0, got {self.guidance!r}")
+        for name in self.params:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise NbdistUsageError(f"--param {name!r}: the name must be a Python identifier")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise NbdistUsageError(f"unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.schedule not in SCHEDULES:

@@ -19,7 +19,7 @@ from .options import NbdistUsageError
 
 __all__ = ["cached_pipeline", "clear_cache", "load_pipeline", "quiet_libraries", "torch_dtype"]
 
-_CACHE: dict[tuple[str, str, bool], Any] = {}
+_CACHE: dict[tuple[Any, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -72,6 +72,8 @@ def load_pipeline(
     allow_pickle: bool = False,
     device_map: str | None = None,
     max_memory: dict[Any, str] | None = None,
+    variant: str | None = None,
+    revision: str | None = None,
 ) -> Any:
     """``DiffusionPipeline.from_pretrained`` with nbdist's rules and short errors.
 
@@ -93,6 +95,10 @@ def load_pipeline(
             kwargs["device_map"] = device_map
         if max_memory is not None:
             kwargs["max_memory"] = max_memory
+        if variant is not None:
+            kwargs["variant"] = variant
+        if revision is not None:
+            kwargs["revision"] = revision
         try:
             return DiffusionPipeline.from_pretrained(expanded if os.path.isdir(expanded) else model, **kwargs)
         except OSError as exc:
@@ -116,12 +122,15 @@ def load_pipeline(
             raise
 
 
-def cached_pipeline(model: str, dtype: str, *, allow_pickle: bool = False) -> Any:
-    """Load once per kernel, keyed by (model, dtype): re-running a cell costs no load time."""
-    key = (os.path.abspath(os.path.expanduser(model)) if looks_like_path(model) else model, dtype, allow_pickle)
+def cached_pipeline(
+    model: str, dtype: str, *, allow_pickle: bool = False, variant: str | None = None, revision: str | None = None
+) -> Any:
+    """Load once per kernel, keyed by (model, dtype, variant, revision): re-running a cell costs no load time."""
+    where = os.path.abspath(os.path.expanduser(model)) if looks_like_path(model) else model
+    key = (where, dtype, allow_pickle, variant, revision)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            _CACHE[key] = load_pipeline(model, dtype, allow_pickle=allow_pickle)
+            _CACHE[key] = load_pipeline(model, dtype, allow_pickle=allow_pickle, variant=variant, revision=revision)
         return _CACHE[key]
 
 

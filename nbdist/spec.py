@@ -41,6 +41,7 @@ class RunSpec(WorkerSetup):
 
     jobs: list[ImageJob] = field(default_factory=list)
     next_job: Any = None  # a shared multiprocessing.Value counter for --schedule dynamic
+    call: Any = None  # CallSettings, or None: resolved by each process once its pipeline is loaded
 
 
 @dataclass

@@ -132,7 +132,7 @@ class GalleryState:
             tile = self._by_index[msg.index]
             tile.status, tile.rank, tile.device, tile.seconds = "done", msg.rank, msg.device, msg.seconds
             tile.thumbnail = msg.thumbnail
-            tile.step = tile.total = tile.total or self.run.options.steps
+            tile.step = tile.total = tile.total or self.run.steps
             self._finished_image(msg.rank, msg.index)
             self._dirty.add(msg.index)
         elif isinstance(msg, ImageFailed):
@@ -203,13 +203,13 @@ class GalleryState:
 
     @property
     def steps_total(self) -> int:
-        return sum(t.total or self.run.options.steps for t in self.tiles)
+        return sum(t.total or self.run.steps for t in self.tiles)
 
     @property
     def steps_done(self) -> int:
         """Denoising steps finished across all workers (a failed image counts as fully stepped)."""
         return sum(
-            (t.total or self.run.options.steps) if t.status in ("done", "failed") else t.step
+            (t.total or self.run.steps) if t.status in ("done", "failed") else t.step
             for t in self.tiles
             if t.status != "queued"
         )
@@ -235,7 +235,7 @@ class GalleryState:
         run = self.run
         title = (
             f"{len(self.tiles)} images · {run.num_processes} worker(s) on {run.device_type} · "
-            f"{run.options.steps} steps · seed {run.seed} · {run.model}"
+            f"{run.steps} steps · seed {run.seed} · {run.model}"
         )
         total = len(self.tiles)
         fraction = self.steps_done / self.steps_total if self.steps_total else 1.0

@@ -47,9 +47,9 @@ def generate(
     opts = make_options(options, overrides)
     prompts = list(prompts)
     plan = plan_run(model_or_pipe, prompts, opts)
-    warning = truncation_warning(plan.pipe, prompts)
-    if warning:
-        print(warning, file=sys.stderr)
+    for line in [*plan.notes, truncation_warning(plan.pipe, prompts)]:
+        if line:
+            print(line, file=sys.stderr)
     if observers is None:
         from .terminal import TerminalProgress
 

@@ -51,6 +51,7 @@ class ResultBuilder:
                 record.image = msg.to_pil()
                 record.seconds = msg.seconds
                 record.thumbnail = msg.thumbnail
+                record.note = msg.note
                 if self.first_image_at is None:
                     self.first_image_at = time.monotonic()
             else:

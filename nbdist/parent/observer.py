@@ -24,6 +24,18 @@ class RunInfo:
     device_type: str
     height: int
     width: int
+    call: Any = None  # CallSettings: effective steps, guidance, ... and where each came from
+
+    def setting(self, name: str) -> Any:
+        """The effective value of ``steps``, ``guidance``, ``negative``, ``scheduler`` (else the option)."""
+        if self.call is not None and name in self.call.effective:
+            return self.call.effective[name]
+        return getattr(self.options, name, None)
+
+    @property
+    def steps(self) -> int:
+        """Denoising steps every image gets (progress totals)."""
+        return int(self.setting("steps") or 1)
 
 
 class RunObserver(Protocol):

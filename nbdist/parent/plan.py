@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..call_settings import CallSettings, check_params, check_scheduler, resolve_call
 from ..jobs import ImageJob, make_jobs
 from ..options import GenerateOptions, NbdistUsageError
 from .devices import cpu_count, cuda_initialized, visible_gpu_count
+from .dtypes import default_dtype, family_of
 from .observer import RunInfo
 
 __all__ = ["Plan", "PoolKey", "make_options", "plan_run"]
@@ -36,6 +38,8 @@ class PoolKey:
     allow_pickle: bool
     device_map: str | None
     max_memory: str
+    variant: str | None = None
+    revision: str | None = None
 
     def difference(self, other: PoolKey) -> str:
         """What changed, for the one line that says why the workers are replaced."""
@@ -59,6 +63,8 @@ class Plan:
     options: GenerateOptions
     jobs: list[ImageJob]
     info: RunInfo
+    call: CallSettings
+    notes: list[str]  # one line each, shown before the run (ignored settings, the dtype chosen)
 
     @property
     def key(self) -> PoolKey:
@@ -74,6 +80,8 @@ class Plan:
             o.allow_pickle,
             o.device_map,
             repr(o.max_memory),
+            o.variant,
+            o.revision,
         )
 
 
@@ -96,23 +104,35 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
             "Restart the kernel and run %%distgen before any cell that touches the GPU "
             "(.to('cuda'), torch.cuda calls, Accelerator(), importing bitsandbytes)."
         )
+    notes: list[str] = []
     if options.device_map is not None:
         pipe, name, device_type, dtype, n = _plan_device_map(model_or_pipe, options)
+        call = resolve_call(None, name, options)  # the kernel loads nothing: class defaults stay unknown
     else:
         device_type = _device_type(options)
-        dtype = options.dtype or ("float16" if device_type == "cuda" else "float32")
+        dtype, note = (options.dtype, None) if options.dtype else default_dtype(device_type, family_of(model_or_pipe))
+        notes += [note] if note else []
         n = _num_processes(options, device_type)
-        pipe, name = _pipeline(model_or_pipe, dtype, options.allow_pickle)
-        scale = getattr(pipe, "vae_scale_factor", None)
-        if isinstance(scale, int) and scale > 0:
-            options.check_size(scale)
+        pipe, name = _pipeline(model_or_pipe, dtype, options)
+        call = _check_call(pipe, name, options)
+        notes += call.notes
     seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
     options = options.with_(seed=seed)
     jobs = make_jobs(list(prompts), options.images_per_prompt, seed)
-    default_h, default_w = _default_size(pipe)
-    info = RunInfo(jobs, options, name, seed, n, device_type, options.height or default_h, options.width or default_w)
+    height, width = call.effective.get("height") or 512, call.effective.get("width") or 512
+    info = RunInfo(jobs, options, name, seed, n, device_type, height, width, call)
     threads = _threads_per_worker(device_type, n)
-    return Plan(pipe, name, device_type, dtype, n, threads, options, jobs, info)
+    return Plan(pipe, name, device_type, dtype, n, threads, options, jobs, info, call, notes)
+
+
+def _check_call(pipe: Any, name: str, options: GenerateOptions) -> CallSettings:
+    """Size, --param and --scheduler against this pipeline; the run's call settings."""
+    scale = getattr(pipe, "vae_scale_factor", None)
+    if isinstance(scale, int) and scale > 0:
+        options.check_size(scale)
+    check_params(pipe, options.params)
+    check_scheduler(pipe, options.scheduler)
+    return resolve_call(pipe, name, options)
 
 
 def _device_type(options: GenerateOptions) -> str:
@@ -155,12 +175,16 @@ def _threads_per_worker(device_type: str, n: int) -> int:
     return max(1, cpu_count() // n) if device_type == "cpu" else 1
 
 
-def _pipeline(model_or_pipe: Any, dtype: str, allow_pickle: bool) -> tuple[Any, str]:
+def _pipeline(model_or_pipe: Any, dtype: str, options: GenerateOptions) -> tuple[Any, str]:
     """The pipeline object and a name for it (the model id or folder, or the pipeline's class)."""
     if isinstance(model_or_pipe, str | os.PathLike):
         from ..pipelines import cached_pipeline
 
-        return cached_pipeline(os.fspath(model_or_pipe), dtype, allow_pickle=allow_pickle), os.fspath(model_or_pipe)
+        model = os.fspath(model_or_pipe)
+        pipe = cached_pipeline(
+            model, dtype, allow_pickle=options.allow_pickle, variant=options.variant, revision=options.revision
+        )
+        return pipe, model
     if not callable(model_or_pipe) or not hasattr(model_or_pipe, "components"):
         raise NbdistUsageError(f"{type(model_or_pipe).__name__} is not a diffusers pipeline")
     name = getattr(getattr(model_or_pipe, "config", None), "_name_or_path", None) or type(model_or_pipe).__name__
@@ -187,12 +211,3 @@ def _plan_device_map(model_or_pipe: Any, options: GenerateOptions) -> tuple[Any,
     if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
         raise NbdistUsageError(f"model folder {model!r} does not exist")
     return None, model, "cuda", options.dtype or "float16", 1
-
-
-def _default_size(pipe: Any) -> tuple[int, int]:
-    """The size the pipeline makes when none is given (SD: unet sample size × VAE scale factor)."""
-    try:
-        side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-    except AttributeError:
-        side = 512
-    return side, side

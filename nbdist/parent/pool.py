@@ -212,7 +212,7 @@ class WorkerPool:
         assert self._group is not None
         self._group.reset_pull()
         run.begin(self._group.ready, self._group.spec.log_dir)
-        self._group.send(RunCommand(run.id, tuple(run.plan.jobs), run.plan.options))
+        self._group.send(RunCommand(run.id, tuple(run.plan.jobs), run.plan.options, run.plan.call))
 
     def _start_group(self, plan: Plan) -> None:
         group = WorkerGroup(
@@ -301,7 +301,21 @@ def the_pool() -> WorkerPool:
     with _POOL_LOCK:
         if _POOL is None or _POOL.closed:
             _POOL = WorkerPool()
+            _stop_at_exit()
         return _POOL
+
+
+def _stop_at_exit() -> None:
+    """Stop the workers at interpreter exit, before multiprocessing's own exit hook.
+
+    That hook joins every non-daemon child, and the workers (forked by torch elastic) are such
+    children waiting for their next run: joined first, they would hang the exit forever. atexit runs
+    the last registered first, so nbdist registers (again) after multiprocessing is surely imported.
+    """
+    import multiprocessing.util  # noqa: F401 - registers its hook now if it has not yet
+
+    atexit.unregister(shutdown_pool)
+    atexit.register(shutdown_pool)
 
 
 def shutdown_pool() -> bool:
@@ -323,5 +337,3 @@ def current_status() -> PoolStatus:
         return PoolStatus(None, [], [], None, None, idle_timeout_default(), 0, 0, False)
     return pool.status()
 
-
-atexit.register(shutdown_pool)

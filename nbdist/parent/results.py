@@ -28,6 +28,7 @@ class ImageRecord:
     error: str | None = None
     traceback: str | None = None
     path: Path | None = None
+    note: str | None = None  # e.g. "blanked by the safety checker"
     thumbnail: bytes | None = field(default=None, repr=False)  # the worker's JPEG preview (static gallery)
 
     @property

@@ -50,14 +50,16 @@ class DiskWriter:
     def on_start(self, run: RunInfo) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._jobs = {job.index: job for job in run.jobs}
-        o = run.options
         self._params = {
             "model": run.model,
-            "negative": o.negative,
-            "steps": o.steps,
-            "guidance": o.guidance,
+            "negative": run.setting("negative"),
+            "steps": run.setting("steps"),
+            "guidance": run.setting("guidance"),
+            "scheduler": run.setting("scheduler"),
             "height": run.height,
             "width": run.width,
+            **({"params": run.options.params} if run.options.params else {}),
+            **({"sources": run.call.sources} if run.call is not None else {}),
         }
 
     def on_message(self, msg: Message) -> None:
@@ -85,6 +87,7 @@ class DiskWriter:
             "rank": msg.rank,
             "device": msg.device,
             "seconds": round(msg.seconds, 4),
+            **({"note": msg.note} if msg.note else {}),
         }
 
     def _write(self, msg: ImageReady, job: ImageJob, path: Path) -> None:
@@ -92,7 +95,7 @@ class DiskWriter:
 
         meta = self._metadata(msg, job)
         info = PngInfo()
-        for key in ("prompt", "negative", "seed", "steps", "guidance", "width", "height", "model"):
+        for key in ("prompt", "negative", "seed", "steps", "guidance", "scheduler", "width", "height", "model"):
             if meta[key] is not None:
                 info.add_text(key, str(meta[key]))
         info.add_itxt("nbdist", json.dumps(meta, ensure_ascii=False))

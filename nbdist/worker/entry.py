@@ -32,8 +32,12 @@ def run_worker(spec: RunSpec) -> None:
             hello = dataclasses.replace(hello, num_jobs=len(share))
         else:
             work = batches(spec.jobs, spec.options.batch_size, spec.next_job)
+        from ..call_settings import resolve_call
+
+        call = spec.call or resolve_call(worker.pipe, spec.model, spec.options)
+        worker.use_scheduler(call.scheduler)
         outbox.send(hello)
-        make_images(worker, work, spec.options, outbox)
+        make_images(worker, work, call, outbox)
         outbox.send(WorkerFinished(rank))
     except Exception as exc:  # a setup failure: report it instead of taking the other workers down
         outbox.send(WorkerFinished(rank, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()))

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from ..call_settings import CallSettings
 from ..jobs import ImageJob
-from ..options import GenerateOptions
 
-__all__ = ["RunCancelled", "StepReporter", "run_batch"]
+__all__ = ["Made", "RunCancelled", "StepReporter", "run_batch", "to_images"]
 
 
 class RunCancelled(Exception):
@@ -56,39 +57,62 @@ class StepReporter:
         return callback_kwargs
 
 
-def pipeline_kwargs(options: GenerateOptions) -> dict[str, Any]:
-    """The call arguments shared by every image of a run."""
-    kwargs: dict[str, Any] = {
-        "num_inference_steps": options.steps,
-        "guidance_scale": options.guidance,
-    }
-    if options.height is not None:
-        kwargs["height"] = options.height
-    if options.width is not None:
-        kwargs["width"] = options.width
-    kwargs.update(options.extra)
-    return kwargs
+NAN_ERROR = (
+    "the decoded image is NaN (float16 overflow, shown by diffusers as a black square): "
+    "try --dtype bfloat16 (GPUs with compute capability >= 8.0) or --dtype float32"
+)
+SAFETY_NOTE = "blanked by the safety checker (nsfw_content_detected)"
+
+
+@dataclass(frozen=True)
+class Made:
+    """One image of a batch: the PIL image, or why there is none, and a note worth showing with it."""
+
+    image: Any = None
+    error: str | None = None
+    note: str | None = None
 
 
 def run_batch(
     pipe: Any,
     jobs: Sequence[ImageJob],
-    options: GenerateOptions,
+    call: CallSettings,
     on_step: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> list[Any]:
-    """Generate one image per job in a single pipeline call; returns PIL images in job order."""
+) -> list[Made]:
+    """Generate one image per job in a single pipeline call; returns them in job order.
+
+    The pipeline returns float arrays (``output_type="np"``), converted here exactly as diffusers'
+    PIL output is, so a NaN image (float16 overflow) can be told apart from a black one.
+    """
     import torch
 
-    kwargs = pipeline_kwargs(options)
-    if options.negative is not None:
-        kwargs["negative_prompt"] = [options.negative] * len(jobs)
+    kwargs = dict(call.kwargs)
+    if call.negative is not None:
+        kwargs["negative_prompt"] = [call.negative] * len(jobs)
     if on_step is not None or should_stop is not None:
-        kwargs["callback_on_step_end"] = StepReporter(on_step or _ignore, options.steps, should_stop=should_stop)
+        kwargs["callback_on_step_end"] = StepReporter(on_step or _ignore, call.steps, should_stop=should_stop)
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
     with torch.inference_mode():
-        out = pipe(prompt=[job.prompt for job in jobs], generator=generators, **kwargs)
-    return list(out.images)
+        out = pipe(prompt=[job.prompt for job in jobs], generator=generators, output_type="np", **kwargs)
+    return to_images(out, len(jobs))
+
+
+def to_images(out: Any, count: int) -> list[Made]:
+    """Float arrays to PIL images as diffusers' ``numpy_to_pil`` does; NaN and blanked images marked."""
+    import numpy as np
+    from diffusers.image_processor import VaeImageProcessor
+
+    arrays = np.asarray(out.images)
+    flagged = getattr(out, "nsfw_content_detected", None) or [False] * count
+    made = []
+    for array, nsfw in zip(arrays, flagged, strict=True):
+        if np.isnan(array).any():
+            made.append(Made(error=NAN_ERROR))
+            continue
+        image = VaeImageProcessor.numpy_to_pil(array[None])[0]
+        made.append(Made(image, note=SAFETY_NOTE if nsfw else None))
+    return made
 
 
 def _ignore(step: int, total: int) -> None:

@@ -12,9 +12,9 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ..call_settings import CallSettings
 from ..jobs import ImageJob
 from ..messages import ImageFailed, StepProgress
-from ..options import GenerateOptions
 from .generation import RunCancelled, run_batch
 from .outbox import Outbox
 
@@ -45,7 +45,7 @@ def batches(jobs: Sequence[ImageJob], size: int, next_job: Any = None) -> Iterat
 def make_images(
     worker: Any,
     work: Iterator[list[ImageJob]],
-    options: GenerateOptions,
+    call: CallSettings,
     outbox: Outbox,
     should_stop: Callable[[], bool] | None = None,
 ) -> bool:
@@ -54,7 +54,7 @@ def make_images(
         if should_stop is not None and should_stop():
             return False
         try:
-            _run_and_send(worker, batch, options, outbox, should_stop)
+            _run_and_send(worker, batch, call, outbox, should_stop)
         except RunCancelled:
             return False
     return True
@@ -63,7 +63,7 @@ def make_images(
 def _run_and_send(
     worker: Any,
     batch: list[ImageJob],
-    options: GenerateOptions,
+    call: CallSettings,
     outbox: Outbox,
     should_stop: Callable[[], bool] | None,
 ) -> None:
@@ -76,16 +76,19 @@ def _run_and_send(
 
     start = time.perf_counter()
     try:
-        images = run_batch(worker.pipe, batch, options, on_step, should_stop)
+        images = run_batch(worker.pipe, batch, call, on_step, should_stop)
     except RunCancelled:
         raise
     except Exception as exc:
         if len(batch) > 1:
             for job in batch:
-                _run_and_send(worker, [job], options, outbox, should_stop)
+                _run_and_send(worker, [job], call, outbox, should_stop)
             return
         outbox.send(ImageFailed(batch[0].index, rank, device, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
     seconds = (time.perf_counter() - start) / len(batch)
-    for job, image in zip(batch, images, strict=True):
-        outbox.send_image(job.index, rank, device, seconds, image)
+    for job, made in zip(batch, images, strict=True):
+        if made.image is None:
+            outbox.send(ImageFailed(job.index, rank, device, made.error or "no image", ""))
+        else:
+            outbox.send_image(job.index, rank, device, seconds, made.image, made.note)

@@ -46,9 +46,11 @@ class Outbox:
         """Queue a ready-made message."""
         self._pending.put(message)
 
-    def send_image(self, index: int, rank: int, device: str, seconds: float, image: Any) -> None:
+    def send_image(
+        self, index: int, rank: int, device: str, seconds: float, image: Any, note: str | None = None
+    ) -> None:
         """Queue a PIL image; it is converted in the sender thread."""
-        self._pending.put((index, rank, device, seconds, image))
+        self._pending.put((index, rank, device, seconds, image, note))
 
     def close(self) -> None:
         """Flush and stop the sender thread."""
@@ -58,7 +60,7 @@ class Outbox:
     def _run(self) -> None:
         while (item := self._pending.get()) is not None:
             if isinstance(item, tuple):
-                index, rank, device, seconds, image = item
+                index, rank, device, seconds, image, note = item
                 item = ImageReady(
                     index=index,
                     rank=rank,
@@ -68,5 +70,6 @@ class Outbox:
                     size=image.size,
                     pixels=image.tobytes(),
                     thumbnail=thumbnail_jpeg(image, self._thumbnail_size),
+                    note=note,
                 )
             self._out.put(item)

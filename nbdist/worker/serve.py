@@ -55,8 +55,9 @@ def _serve_run(worker: ReadyWorker, command: RunCommand, spec: PoolSpec, outbox:
         else:
             share = static_share(worker.state, command.jobs)
             work, planned = batches(share, command.options.batch_size), len(share)
+        worker.use_scheduler(command.call.scheduler)
         outbox.send(RunStarted(worker.rank, run, planned))
-        finished = make_images(worker, work, command.options, outbox, cancelled)
+        finished = make_images(worker, work, command.call, outbox, cancelled)
         outbox.send(RunFinished(worker.rank, run, cancelled=not finished))
     except Exception as exc:
         outbox.send(

@@ -7,7 +7,7 @@ Shared by the warm pool's workers (``serve``) and by processes that make one run
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..messages import WorkerStarted
@@ -25,6 +25,17 @@ class ReadyWorker:
     pipe: Any
     rank: int
     device: str
+    schedulers: dict[str | None, Any] = field(default_factory=dict)  # None: the pipeline's own
+
+    def use_scheduler(self, name: str | None) -> None:
+        """``--scheduler NAME`` for this run (``NAME.from_config`` of the pipeline's own, made once), or the own one."""
+        if not self.schedulers:
+            self.schedulers[None] = self.pipe.scheduler
+        if name not in self.schedulers:
+            import diffusers
+
+            self.schedulers[name] = getattr(diffusers, str(name)).from_config(self.schedulers[None].config)
+        self.pipe.scheduler = self.schedulers[name]
 
 
 def begin(setup: WorkerSetup) -> int:
@@ -81,6 +92,8 @@ def _load(setup: WorkerSetup) -> Any:
         allow_pickle=setup.options.allow_pickle,
         device_map=setup.options.device_map,
         max_memory=normalise_max_memory(setup.options.max_memory),
+        variant=setup.options.variant,
+        revision=setup.options.revision,
     )
 
 
