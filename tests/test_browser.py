@@ -8,6 +8,7 @@ static copy hidden next to the live gallery. Screenshots and timings go to artif
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -127,6 +128,74 @@ def _distgen_cell(page):
     return page.locator(".jp-CodeCell").filter(has_text="%%distgen")
 
 
+def _kernel_frame(payload: bytes | str) -> tuple[str, dict, dict]:
+    """(channel, header, content) of one kernel websocket frame (v1 binary protocol or legacy JSON)."""
+    if isinstance(payload, str):
+        msg = json.loads(payload)
+        return msg.get("channel", ""), msg.get("header", {}), msg.get("content", {})
+    count = int.from_bytes(payload[:8], "little")
+    offsets = [int.from_bytes(payload[8 * (i + 1) : 8 * (i + 2)], "little") for i in range(count)]
+    parts = [payload[a:b] for a, b in itertools.pairwise(offsets)]
+    return parts[0].decode(), json.loads(parts[1]), json.loads(parts[4])
+
+
+class KernelTraffic:
+    """What the page exchanges with its kernel, read off its websockets (the observable readiness signals).
+
+    ``widgets_ready``: the front end's widget manager asked the kernel for its widgets (ipywidgets'
+    ``jupyter.widget.control`` comm, then the older ``comm_info_request`` when the kernel has none yet)
+    and got the answer, so it handles widget messages on this connection.
+    """
+
+    def __init__(self, page) -> None:
+        self.sockets: list[str] = []
+        self.widgets_ready = False
+        page.on("websocket", self._on_socket)
+
+    def _on_socket(self, ws) -> None:
+        if "/api/kernels/" not in ws.url:
+            return
+        self.sockets.append(ws.url.split("?")[0])
+        ws.on("framereceived", self._on_frame)
+
+    def _on_frame(self, payload: bytes | str) -> None:
+        try:
+            _channel, header, content = _kernel_frame(payload)
+        except (ValueError, IndexError, UnicodeDecodeError):
+            return
+        kind = header.get("msg_type")
+        method = content.get("data", {}).get("method") if kind == "comm_msg" else None
+        if kind == "comm_info_reply" or method == "update_states":
+            self.widgets_ready = True
+
+
+def _open_ready_notebook(page, lab: str):
+    """Open the notebook and wait, as a person does, until its kernel is connected and idle.
+
+    The toolbar's execution indicator reads "idle" before any kernel exists; the status bar says
+    "Initializing" until the kernel connection is up, then "<kernel> | Idle". Running cells before
+    that makes JupyterLab start the kernel a second time (see ``test_run_all_at_once_...``).
+    """
+    from playwright.sync_api import expect
+
+    traffic = KernelTraffic(page)
+    page.goto(lab, timeout=120_000)
+    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=120_000)
+    status = page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$"))
+    expect(status).to_have_count(1, timeout=120_000)
+    deadline = time.monotonic() + 60
+    while not traffic.widgets_ready:
+        assert time.monotonic() < deadline, "the widget manager never finished asking the kernel for widgets"
+        page.wait_for_timeout(100)  # polls an observed condition; the frames arrive on their own
+    return traffic
+
+
+def _run_all(page) -> float:
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    return time.monotonic()
+
+
 def test_gallery_in_jupyterlab(lab: str) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -150,22 +219,11 @@ def test_gallery_in_jupyterlab(lab: str) -> None:
 def _run_quickstart(page, lab: str) -> None:
     from playwright.sync_api import expect
 
-    page.goto(lab, timeout=120_000)
-    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=120_000)
-    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(1, timeout=120_000)
-
-    # Right after the kernel connects, JupyterLab can drop a "Run All" that comes too early (its kernel
-    # connection is re-established and queued cells are lost); ask again until %%distgen is running.
+    traffic = _open_ready_notebook(page, lab)
     cell = _distgen_cell(page)
-    for _attempt in range(4):
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-        clicked = time.monotonic()
-        try:
-            expect(cell.locator(".jp-InputArea-prompt")).to_contain_text(re.compile(r"\[(\*|\d+)\]"), timeout=60_000)
-            break
-        except AssertionError:
-            continue
+    clicked = _run_all(page)
+    expect(cell.locator(".jp-InputArea-prompt")).to_contain_text(re.compile(r"\[(\*|\d+)\]"), timeout=60_000)
+    assert len(traffic.sockets) == 1, f"the page connected to its kernel more than once: {traffic.sockets}"
 
     gallery = cell.locator(".nbdist-gallery")
     gallery.wait_for(timeout=90_000)
@@ -185,6 +243,7 @@ def _run_quickstart(page, lab: str) -> None:
     first = gallery.locator(".nbdist-tile[data-status='done'] .nbdist-pic img:not([hidden])").first
     first.wait_for(state="visible", timeout=180_000)
     first_seen = time.monotonic()
+    expect(cell.locator(".nbdist-fallback")).to_be_hidden()  # the text progress stays out of the way
     prompt_text = cell.locator(".jp-InputArea-prompt").inner_text()
     done_then = gallery.locator(".nbdist-tile[data-status='done']").count()
     assert "*" in prompt_text, f"cell finished before the first image was seen: {prompt_text!r}"
@@ -240,3 +299,67 @@ def _run_quickstart(page, lab: str) -> None:
     }
     (ARTIFACTS / "browser-timings.json").write_text(json.dumps(timings, indent=2))
     print(json.dumps(timings))
+
+
+def test_run_all_at_once_never_leaves_the_cell_silent(lab: str) -> None:
+    """A person opens the notebook and picks Run All at once, before its kernel is up.
+
+    JupyterLab then starts the kernel a second time from the run request (``runCell`` calls
+    ``sessionContext.startKernel()`` while the session still says "No Kernel"), and the kernel
+    connection the notebook is left with can be the second one to that kernel, which its kernel manager
+    opens with ``handleComms: false``: every widget message is ignored for the rest of the session, and
+    the live gallery shows "Loading widget..." for the whole run. The early run is sometimes dropped
+    instead (nothing runs; the person runs all again). Either way the cell must show the run's progress
+    while it runs: the live gallery, or the text progress that display updates carry.
+    """
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            console: list[str] = []
+            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+            try:
+                _run_all_at_once(page, lab)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "failure-run-all-at-once.png"))
+                print("status bar:", page.locator(".jp-StatusBar-TextItem").all_inner_texts())
+                outputs = _distgen_cell(page).locator(".jp-OutputArea")
+                print("outputs:", re.sub(r"<style>.*?</style>|<svg.*?</svg>", "", outputs.inner_html())[:3000])
+                print("\n".join(console[-40:]))
+                raise
+        finally:
+            browser.close()
+
+
+def _run_all_at_once(page, lab: str) -> None:
+    from playwright.sync_api import expect
+
+    traffic = KernelTraffic(page)
+    page.goto(lab, timeout=120_000)
+    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=120_000)
+    _run_all(page)  # at once: the kernel is not up yet
+    kernel_up = page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| (Idle|Busy)$"))
+    expect(kernel_up).to_have_count(1, timeout=180_000)
+    cell = _distgen_cell(page)
+    prompt = cell.locator(".jp-InputArea-prompt")
+    first = page.locator(".jp-CodeCell").first.locator(".jp-InputArea-prompt")
+    # The early run either went ahead (the first cell has a number or a star) or was dropped.
+    expect(page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$"))).to_have_count(1, timeout=180_000)
+    if not re.search(r"\[(\*|\d+)\]", first.inner_text()):
+        _run_all(page)
+    expect(prompt).to_contain_text("[*]", timeout=120_000)
+    live = cell.locator(".nbdist-gallery .nbdist-tile[data-status='done']")
+    text = cell.locator(".nbdist-fallback div", has_text=re.compile(r"^[1-9]\d*/12 images"))  # the stats line
+    expect(live.or_(text).first).to_be_visible(timeout=180_000)
+    seen = "live gallery" if live.count() else "text progress"
+    page.screenshot(path=str(ARTIFACTS / "run-all-at-once.png"))
+    assert "*" in prompt.inner_text(), "the cell showed nothing of the run before it finished"
+    expect(cell.get_by_text("Loading widget")).to_be_hidden()
+    expect(prompt).not_to_contain_text("*", timeout=300_000)
+    if seen == "text progress":
+        expect(cell.locator(".nbdist-static")).to_be_visible()  # the images, once the run is over
+    expect(cell.get_by_text("Loading widget")).to_be_hidden()
+    print(json.dumps({"shown_while_running": seen, "kernel_connections": len(traffic.sockets)}))

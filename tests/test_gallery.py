@@ -20,7 +20,7 @@ from nbdist.notebook.gallery_state import format_seconds
 from nbdist.options import GenerateOptions
 from nbdist.parent.observer import RunInfo
 from nbdist.parent.results import GenerationResult, ImageRecord
-from nbdist.parent.static_html import StaticTile, render_gallery, static_class
+from nbdist.parent.static_html import StaticTile, fallback_class, live_class, render_gallery, static_class
 from nbdist.worker.outbox import thumbnail_jpeg
 
 PROMPTS = ["a dog", "a cat <b>bold</b>", "a very long prompt " * 8]
@@ -235,6 +235,56 @@ def test_full_image_on_request() -> None:
     assert len(sent) == 3
 
 
+def test_text_progress_follows_the_header_and_hides_next_to_the_live_gallery() -> None:
+    clock = Clock()
+    gallery = Gallery(interval=0.2, clock=clock, fallback=False)  # no kernel here: build the bundles only
+    run = _run()
+    gallery.on_start(run)
+    bundle = gallery.fallback_bundle()
+    assert bundle["text/plain"].splitlines() == [
+        gallery.widget.header["title"],
+        gallery.widget.header["stats"],
+        *gallery.widget.header["workers"],
+    ]
+    page = bundle["text/html"]
+    token = gallery.token
+    assert fallback_class(token) in page
+    # Hidden where this run's live gallery is drawn, or once its static copy follows; the widget's
+    # placeholder ("Loading widget...", "model not found") is hidden while the text stands in for it,
+    # and after the run (the final, empty update keeps the rules).
+    assert f":has(.{live_class(token)})~.jp-OutputArea-child:has(.{fallback_class(token)}){{display:none}}" in page
+    assert f":has(~.jp-OutputArea-child .{static_class(token)}){{display:none}}" in page
+    gallery.on_message(WorkerStarted(0, "cpu", 111, 3, 1))
+    gallery.on_message(_ready(0, 0))
+    clock.now += 1.0
+    assert "1/6 images" in gallery.fallback_bundle()["text/plain"]
+    final = gallery.fallback_bundle(final=True)
+    assert final["text/plain"] == "" and " hidden " in final["text/html"] and "images" not in final["text/html"]
+    assert f":has(+.jp-OutputArea-child .{fallback_class(token)}):not(:has(.{live_class(token)}))" in final["text/html"]
+
+
+def test_every_image_the_project_writes_has_its_prompt_as_alt_text(tmp_path) -> None:
+    """Static copy and index.html: no ``<img>`` without alt text (nbconvert warns, screen readers say nothing)."""
+    from nbdist.parent.index_page import write_index
+
+    run = _run(k=1)
+    clock = Clock()
+    gallery = _gallery(clock, run)
+    records = [
+        ImageRecord(j.index, j.prompt, j.index, j.seed, image=Image.new("RGB", (96, 64)), rank=0, thumbnail=b"\xff")
+        for j in run.jobs
+    ]
+    result = _result(gallery, run, records)
+    entries = [{"index": j.index, "file": f"{j.index:05d}.png"} for j in run.jobs[:2]]
+    index = write_index(tmp_path, run.jobs, entries).read_text(encoding="utf-8")
+    for page, count in ((gallery.static_html(result), 3), (index, 2)):
+        imgs = re.findall(r"<img\b[^>]*>", page)
+        assert len(imgs) == count
+        alts = [re.search(r'\balt="([^"]*)"', img) for img in imgs]
+        assert all(alt and alt.group(1) for alt in alts), imgs
+        assert alts[0].group(1).startswith("a dog")
+
+
 def test_render_gallery_keeps_its_signature_and_degrades_without_style() -> None:
     page = render_gallery([StaticTile("a.png", "cap", "title", href="a.png", detail="seed 1")], "heading")
     assert page.startswith('<div class="nbdist-static">')
@@ -249,14 +299,21 @@ def test_magic_output_is_the_gallery_and_nothing_else(kernel, tiny_model) -> Non
     assert ex.error is None, ex.error
     assert ex.stream() == ""  # no banner, no warnings, no progress bars
     displays = ex.of_type("display_data")
-    assert len(displays) == 1
+    assert len(displays) == 2  # the live widget, then its text progress (for a view that cannot draw it)
     assert WIDGET_VIEW_MIMETYPE in displays[0].content["data"]
+    progress = displays[1].content
+    display_id = progress["transient"]["display_id"]
+    assert "3 images" in progress["data"]["text/plain"]
+    updates = [m.content for m in ex.of_type("update_display_data")]
+    assert updates and {u["transient"]["display_id"] for u in updates} == {display_id}
+    assert updates[-1]["data"]["text/plain"] == ""  # emptied at the end: the static copy says it all
     results = ex.of_type("execute_result")
     assert len(results) == 1
     page = results[0].content["data"]["text/html"]
     assert page.count("<img ") == 3
     token = kernel.value("res.display_token")
     assert static_class(token) in page
+    assert fallback_class(token) in progress["data"]["text/html"]
     # The first image reached the browser before the cell ended, as one tile update with its JPEG.
     updates = ex.image_updates()
     assert updates and updates[0].at < results[0].at

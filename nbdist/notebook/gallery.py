@@ -9,6 +9,12 @@ Output contract (see README, "Gallery"): the cell shows one ``display_data`` hol
 (and a one-line text/plain for viewers without widgets); the static copy is the run result's text/html,
 which the magic returns as the cell's value. Widget and result share a per-run token (a CSS class on
 each), so the two pair up and only one of them shows.
+
+In a kernel, a second ``display_data`` (with a display id) carries the run's progress as text, updated
+about once a second with ``update_display_data``: those updates are plain outputs, not widget messages,
+so they reach the cell even where the widget cannot be drawn (a JupyterLab kernel connection that
+ignores comm messages, a front end without the widget extension). CSS hides it next to the drawn live
+gallery; it is emptied when the run ends (the static copy then says it all).
 """
 
 from __future__ import annotations
@@ -19,24 +25,43 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from IPython.display import display
+from IPython.display import display, update_display
 
 from ..messages import Message
 from ..parent.observer import RunInfo
-from ..parent.static_html import live_class, result_html
+from ..parent.static_html import fallback_html, live_class, result_html
 from .gallery_state import GalleryState
 from .gallery_widget import FullImage, GalleryWidget, TileModel, png_bytes
 
 __all__ = ["WIDGET_VIEW_MIMETYPE", "Gallery"]
 
 WIDGET_VIEW_MIMETYPE = "application/vnd.jupyter.widget-view+json"
+FALLBACK_INTERVAL = 1.0  # seconds between text progress updates (each one re-renders a few lines)
+
+
+def _in_kernel() -> bool:
+    """True in a Jupyter kernel, the only place display updates reach a front end."""
+    from IPython import get_ipython
+
+    return hasattr(get_ipython(), "kernel")
 
 
 class Gallery:
     """Draws the run in the cell output: header, tiles, and full-size images on request."""
 
-    def __init__(self, interval: float = 0.2, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        interval: float = 0.2,
+        clock: Callable[[], float] = time.monotonic,
+        fallback: bool | None = None,
+        fallback_interval: float = FALLBACK_INTERVAL,
+    ) -> None:
         self.interval = interval
+        self.fallback_interval = fallback_interval
+        self._fallback = fallback  # None: decided in on_start (on in a kernel)
+        self._fallback_id = f"nbdist-progress-{secrets.token_hex(8)}"
+        self._fallback_sent: dict[str, Any] | None = None
+        self._last_fallback = 0.0
         self._clock = clock
         self._lock = threading.Lock()
         self.state: GalleryState | None = None
@@ -62,6 +87,12 @@ class Gallery:
         self.widget.show_header(self.state.header())
         self._last_flush = self._clock()
         display(self.mimebundle(), raw=True)
+        if self._fallback is None:
+            self._fallback = _in_kernel()
+        if self._fallback:
+            bundle = self.fallback_bundle()
+            display(bundle, raw=True, display_id=self._fallback_id)
+            self._fallback_sent, self._last_fallback = bundle, self._clock()
 
     def on_message(self, msg: Message) -> None:
         """Absorb a message; nothing is sent until the next tick."""
@@ -84,6 +115,7 @@ class Gallery:
         with self._lock:
             self.state.finish(result.summary())
         self.flush()
+        self._update_fallback(final=True)
 
     # -- the rest ---------------------------------------------------------------------------------
 
@@ -98,6 +130,30 @@ class Gallery:
         for tile in dirty:
             self.tiles[tile.index].update(tile)
         self.widget.show_header(header)
+        if self._clock() - self._last_fallback >= self.fallback_interval:
+            self._update_fallback()
+
+    def fallback_bundle(self, final: bool = False) -> dict[str, Any]:
+        """The text progress: the header's lines; once the run is over, none (the static copy follows)."""
+        assert self.state is not None
+        if final:
+            return {"text/html": fallback_html(self.token, [], hidden=True), "text/plain": ""}
+        header = self.state.header()
+        lines = [header.stats, *header.workers]
+        return {
+            "text/html": fallback_html(self.token, lines, title=header.title),
+            "text/plain": "\n".join([header.title, *lines]),
+        }
+
+    def _update_fallback(self, final: bool = False) -> None:
+        """Send the text progress if it changed (at most every ``fallback_interval`` s, and at the end)."""
+        if not self._fallback or self.state is None:
+            return
+        self._last_fallback = self._clock()
+        bundle = self.fallback_bundle(final)
+        if bundle != self._fallback_sent:
+            update_display(bundle, raw=True, display_id=self._fallback_id)
+            self._fallback_sent = bundle
 
     def mimebundle(self) -> dict[str, Any]:
         """The display bundle: the widget view plus a line for viewers without widget support."""

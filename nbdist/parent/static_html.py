@@ -20,7 +20,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["StaticTile", "data_uri", "live_class", "render_gallery", "result_html", "result_token", "static_class"]
+__all__ = [
+    "StaticTile",
+    "data_uri",
+    "fallback_class",
+    "fallback_html",
+    "live_class",
+    "render_gallery",
+    "result_html",
+    "result_token",
+    "static_class",
+]
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,46 @@ _STYLE = (
 )
 
 _FIGURE_STYLE = "display:inline-block;vertical-align:top;width:180px;margin:4px;font-size:12px"
+
+
+def fallback_class(token: str) -> str:
+    """CSS class the text progress of run ``token`` carries (shown only where the live gallery is not)."""
+    return f"nbdist-fallback-{token}"
+
+
+def _fallback_rules(token: str) -> str:
+    """Rules that show the text progress only while this run has neither a live gallery nor a static copy.
+
+    1. hidden once the live gallery of the run is drawn in an earlier output of the cell;
+    2. hidden once the static copy (the cell's ``Out[]``) follows it;
+    3. the output right before it (the widget's, published just before) is hidden while it holds no
+       live gallery: "Loading widget...", "model not found" or an empty widget area say nothing useful.
+    """
+    live, static, fallback = live_class(token), static_class(token), fallback_class(token)
+    child = ".jp-OutputArea-child"
+    return (
+        f"{child}:has(.{live})~{child}:has(.{fallback}){{display:none}}"
+        f"{child}:has(.{fallback}):has(~{child} .{static}){{display:none}}"
+        f"{child}:has(+{child} .{fallback}):not(:has(.{live})){{display:none}}"
+    )
+
+
+def fallback_html(token: str, lines: Iterable[str], *, title: str = "", hidden: bool = False) -> str:
+    """The run's progress as a few lines of text, for a cell whose live gallery cannot be drawn.
+
+    JupyterLab can leave a notebook with a kernel connection that ignores every widget message (Run All
+    clicked while the kernel was still starting: the second connection it opens does not handle comms),
+    and a front end without the widget extension never draws it; the display updates that carry this
+    text reach the cell either way. Where the live gallery is drawn, a CSS rule hides it. ``hidden``:
+    the run is over; the rules stay (the widget's placeholder stays hidden), the text goes.
+    """
+    body = "".join(f"<div>{html.escape(line)}</div>" for line in lines)
+    head = f"<div><b>{html.escape(title)}</b></div>" if title else ""
+    return (
+        f'<div class="nbdist-fallback {fallback_class(token)}"{" hidden" if hidden else ""} '
+        f'style="font-family:system-ui,sans-serif;font-size:12px;line-height:1.5">'
+        f"<style>{_fallback_rules(token)}</style>{head}{body}</div>"
+    )
 
 
 def _pairing_rules(token: str) -> str:
