@@ -139,6 +139,7 @@ async function render({ model, el }) {
     const index = m.get("index");
     const got = full.get(index);
     vtitle.textContent = `${m.get("prompt")} · ${m.get("meta")}`;
+    vimg.alt = m.get("prompt");
     vtitle.title = m.get("prompt");
     prev.disabled = shown <= 0;
     next.disabled = shown >= tiles.length - 1;
