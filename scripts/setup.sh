@@ -16,5 +16,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q "torch==2.13.0"  # a CPU build where the machine provides one
   fi
 fi
-.venv/bin/pip install -q -e ".[${extras}]"
+# compat: the editable install is a plain path entry for the checkout (a .pth), not setuptools' import
+# hook. The hook runs after Python's path search, so a folder named "nbdist" in the current directory
+# (this checkout cloned as ./nbdist, Jupyter started from its parent) would be imported instead, as an
+# empty namespace package: "The nbdist module is not an IPython extension". tests/test_install.py.
+.venv/bin/pip install -q -e ".[${extras}]" --config-settings editable_mode=compat
 echo "nbdist is installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
