@@ -89,6 +89,7 @@ async function render({ model, el }) {
     tile.prompt.textContent = m.get("prompt");
     tile.prompt.title = m.get("prompt");
     tile.meta.textContent = m.get("meta");
+    tile.meta.title = m.get("meta");
     tile.progress.style.width = status === "running" ? `${Math.round(100 * (m.get("fraction") || 0))}%` : "0";
     const bytes = bytesOf(m.get("thumbnail"));
     if (bytes && bytes !== tile.bytes) {
