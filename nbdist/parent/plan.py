@@ -45,8 +45,9 @@ class PoolKey:
         """What changed, for the one line that says why the workers are replaced."""
         labels = {"pipe_id": "pipeline object", "num_processes": "-n", "threads": "threads per worker"}
         changed = [labels.get(f.name, f.name) for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
-        if "pipeline object" in changed and "model" in changed:
-            changed.remove("pipeline object")
+        for implied, by in (("pipeline object", "model"), ("threads per worker", "-n")):
+            if implied in changed and by in changed:
+                changed.remove(implied)
         return ", ".join(changed) or "nothing"
 
 

@@ -78,6 +78,8 @@ class GenerationResult(Sequence[ImageRecord]):
     workers: dict[int, WorkerInfo] = field(default_factory=dict)
     logs: dict[int, str] = field(default_factory=dict)
     save_dir: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # effective steps, guidance, size, negative, scheduler
+    sources: dict[str, str] = field(default_factory=dict)  # where each came from: user, model file, table, class
     display_token: str | None = field(default=None, repr=False)  # pairs the notebook gallery with _repr_html_
 
     @overload

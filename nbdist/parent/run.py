@@ -101,6 +101,8 @@ class Run:
             workers={r: w for r, w in builder.workers.items()},
             logs=self._read_logs(),
             save_dir=Path(plan.options.save_dir) if plan.options.save_dir else None,
+            settings=dict(plan.call.effective),
+            sources=dict(plan.call.sources),
         )
         if self.writer is not None:
             for record in result.records:
