@@ -126,7 +126,7 @@ def test_nan_image_is_reported_not_drawn_black(kernel: Kernel) -> None:
     """A VAE whose decode overflows to NaN: the record is an error with the dtype hint, not a black image."""
     ex = kernel.execute(
         f"""
-nan_pipe = DiffusionPipeline.from_pretrained({str(ensure_family('sd'))!r})
+nan_pipe = DiffusionPipeline.from_pretrained({str(ensure_family("sd"))!r})
 with torch.no_grad():
     nan_pipe.vae.decoder.conv_out.bias.fill_(float('nan'))
 """

@@ -336,4 +336,3 @@ def current_status() -> PoolStatus:
     if pool is None:
         return PoolStatus(None, [], [], None, None, idle_timeout_default(), 0, 0, False)
     return pool.status()
-
