@@ -16,6 +16,7 @@ from typing import Any
 
 from .options import DEVICES, DTYPES, SCHEDULES, GenerateOptions, NbdistUsageError
 from .placement import DEVICE_MAPS
+from .sweep import parse_sweep
 
 __all__ = ["OPTION_ARGUMENTS", "Argument", "add_to_parser", "magic_decorators", "options_from_args"]
 
@@ -80,8 +81,8 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
         ("--schedule",),
         {
             "choices": SCHEDULES,
-            "default": "static",
-            "help": "static: split jobs up front (split_between_processes); dynamic: workers pull the next job",
+            "help": "static: split jobs up front (split_between_processes); dynamic: workers pull the next job "
+            "(default: static, dynamic for a --sweep)",
         },
     ),
     Argument(
@@ -102,6 +103,16 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
     Argument(
         ("--scheduler",),
         {"metavar": "CLASS", "help": "swap in a compatible scheduler, e.g. EulerDiscreteScheduler (from_config)"},
+    ),
+    Argument(
+        ("--sweep",),
+        {
+            "action": "append",
+            "metavar": "NAME=V1,V2",
+            "help": "compare values as a labelled grid (repeatable, up to 3 axes): seed, steps, guidance, "
+            "size (512x768), negative, scheduler or a --param name; integer ranges as A..B. Every image of "
+            "prompt j (image k) keeps seed seed+j*K+k whatever the other axes; a swept seed sets it",
+        },
     ),
     Argument(("--variant",), {"metavar": "NAME", "help": "weights variant for from_pretrained, e.g. fp16"}),
     Argument(("--revision",), {"metavar": "REV", "help": "hub revision (branch, tag or commit) for from_pretrained"}),
@@ -132,6 +143,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
     """``GenerateOptions`` from parsed arguments (of either front end)."""
     values = {arg.dest: getattr(args, arg.dest) for arg in OPTION_ARGUMENTS}
     values["params"] = parse_params(values["params"] or [])
+    values["sweep"] = parse_sweep(values["sweep"] or [])
     return GenerateOptions(**values)
 
 

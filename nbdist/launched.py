@@ -79,7 +79,7 @@ def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: La
     options.validate()
     if not prompts:
         raise NbdistUsageError("no prompts: give --prompts FILE (one prompt per line) or --prompt TEXT")
-    if options.schedule != "static":
+    if options.schedule not in (None, "static"):
         raise NbdistUsageError(
             f"--schedule dynamic needs workers forked by nbdist; under {env.launcher} the split is static"
         )

@@ -39,13 +39,14 @@ class GenerateOptions:
     dtype: str | None = None
     device: str = "auto"
     save_dir: str | None = None
-    schedule: str = "static"
+    schedule: str | None = None  # "static" or "dynamic"; None: static, dynamic for a sweep
     allow_pickle: bool = False
     thumbnail_size: int = 256
     params: dict[str, object] = field(default_factory=dict)  # --param NAME=VALUE: more pipeline call arguments
     scheduler: str | None = None  # a compatible scheduler class name, swapped in by the workers
     variant: str | None = None  # from_pretrained(variant=...), e.g. "fp16"
     revision: str | None = None  # from_pretrained(revision=...)
+    sweep: dict[str, list[object]] = field(default_factory=dict)  # axis name -> values (--sweep NAME=V1,V2)
     device_map: str | None = None  # "balanced": one process, the model spread over the GPUs (placement.py)
     max_memory: str | dict[int | str, int | str] | None = None  # "0=10GiB,cpu=30GiB" or a dict, with device_map
 
@@ -74,7 +75,7 @@ class GenerateOptions:
                 raise NbdistUsageError(f"--param {name!r}: the name must be a Python identifier")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise NbdistUsageError(f"unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-        if self.schedule not in SCHEDULES:
+        if self.schedule is not None and self.schedule not in SCHEDULES:
             raise NbdistUsageError(f"unknown --schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.device not in DEVICES:
             raise NbdistUsageError(f"unknown --device {self.device!r}; choose one of {', '.join(DEVICES)}")

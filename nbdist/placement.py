@@ -129,7 +129,7 @@ def validate_placement(options: Any) -> None:
             f"--device-map balanced runs one process that holds the model across all GPUs; -n {options.num_processes} "
             "does not apply (drop -n)"
         )
-    if options.schedule != "static":
+    if options.schedule not in (None, "static"):
         raise NbdistUsageError("--device-map balanced runs one process; --schedule dynamic does not apply")
     memory = normalise_max_memory(max_memory)
     if memory is not None and not any(isinstance(k, int) for k in memory):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..messages import ImageFailed, ImageReady, Message, StepProgress, WorkerFinished, WorkerStarted
+from ..parent.grid import value_text
 from ..parent.observer import RunInfo
 from ..parent.static_html import image_detail
 
@@ -48,6 +49,7 @@ class TileState:
     total: int = 0
     thumbnail: bytes = b""
     error: str = ""
+    params: str = ""  # a sweep's values for this image, e.g. "guidance=4 · steps=3"
 
     @property
     def label(self) -> str:
@@ -63,7 +65,9 @@ class TileState:
     @property
     def meta(self) -> str:
         """The caption's second line: index, seed, worker and device, seconds."""
-        return image_detail(self.index, self.seed, self.rank, self.device, self.seconds, device_format=" · {}")
+        return image_detail(
+            self.index, self.seed, self.rank, self.device, self.seconds, device_format=" · {}", params=self.params
+        )
 
 
 @dataclass
@@ -117,7 +121,9 @@ class GalleryState:
     _by_index: dict[int, TileState] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tiles = [TileState(job.index, job.prompt, job.seed) for job in self.run.jobs]
+        self.tiles = [
+            TileState(job.index, job.prompt, job.seed, params=value_text(job.settings)) for job in self.run.jobs
+        ]
         self._by_index = {t.index: t for t in self.tiles}
         self.workers = {rank: WorkerState(rank) for rank in range(self.run.num_processes)}
         self.started = self.clock()

@@ -46,6 +46,7 @@ class ResultBuilder:
                 seed=job.seed,
                 rank=msg.rank,
                 device=msg.device,
+                params=job.settings,
             )
             if isinstance(msg, ImageReady):
                 record.image = msg.to_pil()

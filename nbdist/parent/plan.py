@@ -7,6 +7,7 @@ same key reuses the workers; any other key replaces them.
 
 from __future__ import annotations
 
+import inspect
 import os
 import secrets
 from collections.abc import Sequence
@@ -97,6 +98,10 @@ def make_options(options: GenerateOptions | None, overrides: dict[str, Any]) -> 
 def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOptions) -> Plan:
     """Check everything checkable before a process starts and number the jobs."""
     options.validate()
+    if options.sweep:
+        from ..sweep import parse_sweep
+
+        options = options.with_(sweep=parse_sweep(options.sweep))  # values given in Python, checked like flags
     if not prompts:
         raise NbdistUsageError("no prompts: write one prompt per line in the cell")
     if options.device != "cpu" and cuda_initialized():
@@ -118,8 +123,8 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
         call = _check_call(pipe, name, options)
         notes += call.notes
     seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
-    options = options.with_(seed=seed)
-    jobs = make_jobs(list(prompts), options.images_per_prompt, seed)
+    options = options.with_(seed=seed, schedule=options.schedule or ("dynamic" if options.sweep else "static"))
+    jobs = make_jobs(list(prompts), options.images_per_prompt, seed, options.sweep)
     height, width = call.effective.get("height") or 512, call.effective.get("width") or 512
     info = RunInfo(jobs, options, name, seed, n, device_type, height, width, call)
     threads = _threads_per_worker(device_type, n)
@@ -133,7 +138,47 @@ def _check_call(pipe: Any, name: str, options: GenerateOptions) -> CallSettings:
         options.check_size(scale)
     check_params(pipe, options.params)
     check_scheduler(pipe, options.scheduler)
+    check_sweep(pipe, options.sweep)
     return resolve_call(pipe, name, options)
+
+
+def check_sweep(pipe: Any, axes: dict[str, list[Any]]) -> None:
+    """Every sweep value must work with this pipeline: sizes, schedulers, call argument names."""
+    from ..sweep import BUILTIN_AXES
+
+    scale = getattr(pipe, "vae_scale_factor", None)
+    for name, values in axes.items():
+        if name == "size" and isinstance(scale, int) and scale > 0:
+            for width, height in values:
+                if width % scale or height % scale:
+                    raise NbdistUsageError(
+                        f"--sweep size {width}x{height}: not a multiple of {scale} (VAE scale factor)"
+                    )
+        elif name == "scheduler":
+            for value in values:
+                check_scheduler(pipe, value)
+        elif name == "negative" and "negative_prompt" not in inspect.signature(type(pipe).__call__).parameters:
+            raise NbdistUsageError(f"--sweep negative: {type(pipe).__name__} takes no negative prompt")
+        elif name not in BUILTIN_AXES:
+            check_params(pipe, {name: values[0]})
+
+
+def dispatch_order(plan: Plan) -> list[ImageJob]:
+    """The order workers take the jobs in: for a dynamic schedule the costliest first, so all end together.
+
+    Cost is steps × pixels (what a denoising loop scales with); the longest-first order keeps the last
+    images small, so no worker is left with a long one while the others are idle.
+    """
+    if plan.options.schedule != "dynamic" or not plan.options.sweep:
+        return plan.jobs
+    effective = plan.call.effective
+
+    def cost(job: ImageJob) -> float:
+        values = job.settings
+        width, height = values.get("size", (effective.get("width") or 1, effective.get("height") or 1))
+        return float(values.get("steps", effective.get("steps") or 1)) * width * height
+
+    return sorted(plan.jobs, key=lambda job: (-cost(job), job.index))
 
 
 def _device_type(options: GenerateOptions) -> str:

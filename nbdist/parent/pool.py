@@ -29,7 +29,7 @@ from typing import Any
 
 from ..messages import Message, RunCommand, RunFinished, RunStarted, WorkerFinished, WorkerStarted
 from .fingerprint import fingerprint, what_changed
-from .plan import Plan, PoolKey
+from .plan import Plan, PoolKey, dispatch_order
 from .run import Run, RunHandle
 from .workers import WorkerGroup
 
@@ -212,7 +212,7 @@ class WorkerPool:
         assert self._group is not None
         self._group.reset_pull()
         run.begin(self._group.ready, self._group.spec.log_dir)
-        self._group.send(RunCommand(run.id, tuple(run.plan.jobs), run.plan.options, run.plan.call))
+        self._group.send(RunCommand(run.id, tuple(dispatch_order(run.plan)), run.plan.options, run.plan.call))
 
     def _start_group(self, plan: Plan) -> None:
         group = WorkerGroup(

@@ -29,6 +29,7 @@ class ImageRecord:
     traceback: str | None = None
     path: Path | None = None
     note: str | None = None  # e.g. "blanked by the safety checker"
+    params: dict[str, Any] = field(default_factory=dict)  # this image's sweep values, e.g. {"guidance": 4.0}
     thumbnail: bytes | None = field(default=None, repr=False)  # the worker's JPEG preview (static gallery)
 
     @property
@@ -80,6 +81,7 @@ class GenerationResult(Sequence[ImageRecord]):
     save_dir: Path | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # effective steps, guidance, size, negative, scheduler
     sources: dict[str, str] = field(default_factory=dict)  # where each came from: user, model file, table, class
+    jobs: list[ImageJob] = field(default_factory=list, repr=False)  # every job of the run, for grids
     display_token: str | None = field(default=None, repr=False)  # pairs the notebook gallery with _repr_html_
 
     @overload
@@ -132,6 +134,24 @@ class GenerationResult(Sequence[ImageRecord]):
             parts.append("interrupted")
         return ", ".join(parts)
 
+    def grid(self) -> Any:
+        """A sweep's labelled grid as one PIL image (a grid per value of the further axes, stacked); None otherwise."""
+        from PIL import Image
+
+        from .grid import grid_image, layout
+
+        grids = layout(self.jobs, self.options.sweep)
+        if not grids:
+            return None
+        images = {r.index: r.image for r in self.records if r.image is not None}
+        parts = [grid_image(g, images, cell=_cell_side(images)) for g in grids]
+        canvas = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), "white")
+        top = 0
+        for part in parts:
+            canvas.paste(part, (0, top))
+            top += part.height
+        return canvas
+
     def __repr__(self) -> str:
         return f"<GenerationResult: {self.summary()}>"
 
@@ -143,3 +163,9 @@ class GenerationResult(Sequence[ImageRecord]):
         from .static_html import result_html
 
         return result_html(self)
+
+
+def _cell_side(images: dict[int, Any]) -> int:
+    """Grid cells at the images' own size, between 128 px (room for the labels) and 512 px."""
+    sides = [max(image.size) for image in images.values()]
+    return max(128, min(512, max(sides))) if sides else 256

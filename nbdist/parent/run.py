@@ -102,6 +102,7 @@ class Run:
             logs=self._read_logs(),
             save_dir=Path(plan.options.save_dir) if plan.options.save_dir else None,
             settings=dict(plan.call.effective),
+            jobs=list(plan.jobs),
             sources=dict(plan.call.sources),
         )
         if self.writer is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..jobs import ImageJob
 from ..messages import ImageReady, Message
+from ..sweep import value_label
 from .observer import RunInfo
 
 __all__ = ["DiskWriter", "file_name", "slug"]
@@ -70,18 +71,34 @@ class DiskWriter:
             self._pending.append(self._executor.submit(self._write, msg, job, path))
 
     def on_end(self, result: Any) -> None:
-        """Wait for every pending write (a run is not over until its files are on disk)."""
+        """Wait for every pending write (a run is not over until its files are on disk); a sweep's grids too."""
         for fut in self._pending:
             fut.result()
         self._executor.shutdown(wait=True)
+        self._write_grids(result)
+
+    def _write_grids(self, result: Any) -> None:
+        """``grid.png`` next to the PNGs (one per value of the further axes: ``grid-steps-2.png``)."""
+        if not getattr(result.options, "sweep", None):
+            return
+        from .grid import grid_image, layout
+
+        grids = layout(result.jobs, result.options.sweep)
+        images = {r.index: r.image for r in result.records if r.image is not None}
+        for grid in grids:
+            name = "grid.png" if len(grids) == 1 else f"grid-{slug(grid.heading)}.png"
+            grid_image(grid, images).save(self.folder / name)
 
     def _metadata(self, msg: ImageReady, job: ImageJob) -> dict[str, Any]:
         width, height = msg.size
+        swept = {k: v for k, v in job.settings.items() if k not in ("size", "seed")}
         return {
             "index": job.index,
             "prompt": job.prompt,
             "seed": job.seed,
             **self._params,
+            **swept,
+            **({"sweep": {k: value_label(k, v) for k, v in job.params}} if job.params else {}),
             "height": height,
             "width": width,
             "rank": msg.rank,

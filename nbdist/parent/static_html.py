@@ -178,12 +178,13 @@ def image_detail(
     device: str | None,
     seconds: float | None,
     device_format: str = " ({})",
+    params: str = "",
 ) -> str:
     """A caption's second line, one format for live tiles and the static copy.
 
     E.g. ``#3 · seed 3 · worker 0 (cpu) · 1.2 s``.
     """
-    parts = [f"#{index}", f"seed {seed}"]
+    parts = [*([params] if params else []), f"#{index}", f"seed {seed}"]
     if rank is not None:
         parts.append(f"worker {rank}" + (device_format.format(device) if device else ""))
     if seconds is not None:
@@ -192,7 +193,12 @@ def image_detail(
 
 
 def _detail(record: Any) -> str:
-    return image_detail(record.index, record.seed, record.rank, record.device, record.seconds)
+    from .grid import value_text
+
+    params = value_text(getattr(record, "params", {}) or {})
+    detail = image_detail(record.index, record.seed, record.rank, record.device, record.seconds, params=params)
+    note = getattr(record, "note", None)
+    return f"{detail} · {note}" if note else detail
 
 
 def result_html(result: Any) -> str:
@@ -229,4 +235,28 @@ def result_html(result: Any) -> str:
             )
         )
     tiles.sort(key=lambda pair: pair[0])
+    if getattr(result.options, "sweep", None) and getattr(result, "jobs", None):
+        return _sweep_html(result, dict(tiles))
     return render_gallery([t for _, t in tiles], heading=result.summary(), token=result_token(result))
+
+
+def _sweep_html(result: Any, tiles: dict[int, StaticTile]) -> str:
+    """A sweep's static copy: a table per grid, column headers and row labels, each cell a tile."""
+    from .grid import layout
+
+    token = result_token(result)
+    parts = [f'<div class="nbdist-static {static_class(token)}"><style>{_STYLE}{_pairing_rules(token)}</style>']
+    parts.append(f"<p>{html.escape(result.summary())}</p>")
+    for grid in layout(result.jobs, result.options.sweep):
+        if grid.heading:
+            parts.append(f'<h4 class="nbdist-grid-heading">{html.escape(grid.heading)}</h4>')
+        head = "".join(f'<th scope="col">{html.escape(c)}</th>' for c in grid.columns)
+        parts.append(f'<table class="nbdist-grid"><tr><th></th>{head}</tr>')
+        for label, row in zip(grid.rows, grid.cells, strict=False):
+            cells = "".join(
+                f"<td>{render_gallery([tiles[i]]) if i is not None and i in tiles else ''}</td>" for i in row
+            )
+            parts.append(f'<tr><th scope="row">{html.escape(label)}</th>{cells}</tr>')
+        parts.append("</table>")
+    parts.append("</div>")
+    return "".join(parts)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..call_settings import CallSettings
 from ..jobs import ImageJob
+from ..sweep import job_call
 
 __all__ = ["Made", "RunCancelled", "StepReporter", "run_batch", "to_images"]
 
@@ -87,11 +88,11 @@ def run_batch(
     """
     import torch
 
-    kwargs = dict(call.kwargs)
-    if call.negative is not None:
-        kwargs["negative_prompt"] = [call.negative] * len(jobs)
+    kwargs, negative, _, steps = job_call(call, jobs[0].settings)  # a batch shares its sweep values
+    if negative is not None:
+        kwargs["negative_prompt"] = [negative] * len(jobs)
     if on_step is not None or should_stop is not None:
-        kwargs["callback_on_step_end"] = StepReporter(on_step or _ignore, call.steps, should_stop=should_stop)
+        kwargs["callback_on_step_end"] = StepReporter(on_step or _ignore, steps, should_stop=should_stop)
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
     with torch.inference_mode():
         out = pipe(prompt=[job.prompt for job in jobs], generator=generators, output_type="np", **kwargs)

@@ -50,14 +50,26 @@ def make_images(
     should_stop: Callable[[], bool] | None = None,
 ) -> bool:
     """Make every batch of ``work`` and send the images; returns False if the run was cancelled."""
-    for batch in work:
-        if should_stop is not None and should_stop():
-            return False
-        try:
-            _run_and_send(worker, batch, call, outbox, should_stop)
-        except RunCancelled:
-            return False
+    for pulled in work:
+        for batch in _same_settings(pulled):
+            if should_stop is not None and should_stop():
+                return False
+            try:
+                _run_and_send(worker, batch, call, outbox, should_stop)
+            except RunCancelled:
+                return False
     return True
+
+
+def _same_settings(jobs: list[ImageJob]) -> list[list[ImageJob]]:
+    """Split a batch where the sweep values change: one pipeline call takes one set of arguments."""
+    groups: list[list[ImageJob]] = []
+    for job in jobs:
+        if groups and groups[-1][0].params == job.params:
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    return groups
 
 
 def _run_and_send(
@@ -76,6 +88,8 @@ def _run_and_send(
 
     start = time.perf_counter()
     try:
+        if batch[0].params or call.scheduler is not None:
+            worker.use_scheduler(batch[0].settings.get("scheduler", call.scheduler))
         images = run_batch(worker.pipe, batch, call, on_step, should_stop)
     except RunCancelled:
         raise
