@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .jobs import ImageJob, make_jobs
+from .sweep import parse_sweep
 from .options import GenerateOptions, NbdistUsageError
 
 __all__ = ["LaunchEnv", "launched", "run_launched"]
@@ -191,8 +192,8 @@ def run_launched(model: str, prompts: Sequence[str], options: GenerateOptions, e
     folder.mkdir(parents=True, exist_ok=True)
     same_disk = marker.exists()
 
-    opts = options.with_(seed=seed)
-    jobs = make_jobs(prompts, opts.images_per_prompt, seed)
+    opts = options.with_(seed=seed, schedule="static", sweep=parse_sweep(options.sweep) if options.sweep else {})
+    jobs = make_jobs(prompts, opts.images_per_prompt, seed, opts.sweep)
     side = _default_side(model)
     info = RunInfo(jobs, opts, model, seed, env.world_size, device_type, opts.height or side, opts.width or side)
     if env.rank == 0:
