@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .jobs import ImageJob, make_jobs
-from .sweep import parse_sweep
 from .options import GenerateOptions, NbdistUsageError
+from .sweep import parse_sweep
 
 __all__ = ["LaunchEnv", "launched", "run_launched"]
 
