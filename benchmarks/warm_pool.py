@@ -64,7 +64,12 @@ def main(argv: list[str] | None = None) -> None:
             warm.append(first_image(k, cell))
         latency = None if args.device == "cuda" else plain_latency(k, model, args.steps)
         interrupt = measure_interrupt(k, model, args)
+        sweeps = {schedule: measure_sweep(k, model, args, schedule) for schedule in ("static", "dynamic")}
     report(args, fresh, warm, latency, interrupt)
+    for schedule, (eff, wall) in sweeps.items():
+        print(
+            f"sweep steps=10,40 x 3 prompts, --schedule {schedule}: {wall:.2f} s, {eff:.3f} of ideal (target >= 0.95)"
+        )
 
 
 LATENCY = """
@@ -86,6 +91,15 @@ def plain_latency(k: Kernel, model: str, steps: int) -> float:
     if ex.error:
         raise RuntimeError(ex.error["evalue"])
     return float(k.value("min(_lat)"))
+
+
+def measure_sweep(k: Kernel, model: str, args: argparse.Namespace, schedule: str) -> tuple[float, float]:
+    """(efficiency, seconds) of a 3-prompt x steps=10,40 sweep: ideal = the images' own seconds / workers."""
+    cell = f"%%distgen --model {model} -n {args.n} --seed 0 --sweep steps=10,40 --schedule {schedule} -o sw\na\nb\nc"
+    if k.execute(cell, timeout=900).error:
+        raise RuntimeError("sweep cell failed")
+    busy, wall = k.value("(sum(r.seconds for r in sw), sw.seconds)")
+    return busy / args.n / wall, wall
 
 
 def measure_interrupt(k: Kernel, model: str, args: argparse.Namespace) -> tuple[float, float, bool]:
