@@ -79,7 +79,7 @@ class DiskWriter:
 
     def _write_grids(self, result: Any) -> None:
         """``grid.png`` next to the PNGs (one per value of the further axes: ``grid-steps-2.png``)."""
-        if not getattr(result.options, "sweep", None):
+        if result is None or not getattr(result.options, "sweep", None):  # None: a torchrun rank's share
             return
         from .grid import grid_image, layout
 
