@@ -324,3 +324,25 @@ def test_bad_magic_opens_no_comm(kernel) -> None:
     ex = kernel.execute("%%distgen --steps 2\na dog\n")  # no model: a UsageError before anything starts
     assert "UsageError" in ex.stream("stderr")  # IPython prints usage errors instead of a traceback
     assert ex.of_type("comm_open") == []
+
+
+def test_queued_run_says_so_until_its_workers_take_it() -> None:
+    clock = Clock()
+    gallery = _gallery(clock)
+    gallery.on_queued(2)
+    assert gallery.widget.header["stats"] == "queued: waiting for 2 run(s) before it on the warm workers"
+    gallery.on_message(WorkerStarted(0, "cpu", 1, 3, 1))
+    clock.now += 1.0
+    gallery.on_tick()
+    assert "0/6 images" in gallery.widget.header["stats"]
+
+
+def test_stop_button_calls_cancel_once_allowed() -> None:
+    gallery = _gallery(Clock())
+    stops: list[bool] = []
+    assert gallery.widget.stoppable is False
+    gallery.widget._on_custom(gallery.widget, {"type": "stop"}, [])  # not allowed yet: nothing happens
+    gallery.allow_stop(lambda: stops.append(True))
+    assert gallery.widget.stoppable is True
+    gallery.widget._on_custom(gallery.widget, {"type": "stop"}, [])
+    assert stops == [True]

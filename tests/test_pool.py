@@ -14,6 +14,7 @@ from pathlib import Path
 from kernel import Kernel
 from test_faults import OnFirstImage, stderr_lines, wait_gone, workers_of
 
+WIDGET = "application/vnd.jupyter.widget-view+json"
 RUN = "%%distgen --model {model} -n 2 --steps {steps} --seed 0 -o {out}\n{prompts}"
 
 
@@ -134,6 +135,17 @@ def test_background_run_while_other_cells_run(kernel: Kernel, tiny_model: str) -
     assert kernel.value("1 + 1") == 2
     assert kernel.value("type(h).__name__") == "RunHandle"
     assert kernel.value("(r := h.wait(120)).complete and len(r.images) == 6 and h.done")
+    # The gallery's Stop button (a widget message from the browser) cancels a background run.
+    ex = kernel.execute(
+        f"%%distgen --model {tiny_model} -n 2 --steps 30 --seed 0 --background -o hs\n" + prompts + "\n" + prompts
+    )
+    view = next(m for m in ex.of_type("display_data") if WIDGET in m.content["data"])
+    model_id = view.content["data"][WIDGET]["model_id"]
+    msg = kernel.kc.session.msg(
+        "comm_msg", {"comm_id": model_id, "data": {"method": "custom", "content": {"type": "stop"}}}
+    )
+    kernel.kc.shell_channel.send(msg)
+    assert kernel.value("(r := hs.wait(60)).interrupted and len(r.missing) > 0")
     # A second background run queues behind a first; cancel() of the second keeps the first.
     kernel.execute(f"%%distgen --model {tiny_model} -n 2 --steps 8 --seed 1 --background -o h1\n{prompts}")
     kernel.execute(f"%%distgen --model {tiny_model} -n 2 --steps 8 --seed 2 --background -o h2\n{prompts}")

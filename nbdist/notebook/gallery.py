@@ -101,6 +101,20 @@ class Gallery:
         with self._lock:
             self.state.apply(msg)
 
+    def on_queued(self, ahead: int) -> None:
+        """The run waits for ``ahead`` earlier runs (a background run is going): the header says so."""
+        if self.state is None:
+            return
+        with self._lock:
+            self.state.queued_behind = ahead
+        self.flush()
+
+    def allow_stop(self, cancel: Callable[[], None]) -> None:
+        """Show a Stop button in the header that calls ``cancel`` (a background run: the kernel is free to hear it)."""
+        if self.widget is not None:
+            self.widget.on_stop = cancel
+            self.widget.stoppable = True
+
     def on_tick(self) -> None:
         """Called by the collector often; sends the accumulated changes every ``interval`` seconds."""
         if self.state is not None and self._clock() - self._last_flush >= self.interval:
@@ -112,6 +126,7 @@ class Gallery:
             return
         self._result = result
         result.display_token = self.token
+        self.widget.stoppable = False
         with self._lock:
             self.state.finish(result.summary())
         self.flush()

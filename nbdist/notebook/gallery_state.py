@@ -117,6 +117,7 @@ class GalleryState:
     started: float = field(init=False)
     first_progress: float | None = field(init=False, default=None)
     summary: str | None = field(init=False, default=None)
+    queued_behind: int = field(init=False, default=0)  # runs ahead of this one on the warm workers
     _dirty: set[int] = field(init=False, default_factory=set)
     _by_index: dict[int, TileState] = field(init=False)
 
@@ -132,6 +133,9 @@ class GalleryState:
 
     def apply(self, msg: Message) -> None:
         """Fold one worker message into the state."""
+        if self.queued_behind:  # the workers took this run: it waits no more
+            self.queued_behind = 0
+            self.started = self.clock()
         if isinstance(msg, StepProgress):
             self._on_step(msg)
         elif isinstance(msg, ImageReady):
@@ -247,6 +251,8 @@ class GalleryState:
         fraction = self.steps_done / self.steps_total if self.steps_total else 1.0
         if self.summary is not None:
             stats = self.summary
+        elif self.queued_behind:
+            stats = f"queued: waiting for {self.queued_behind} run(s) before it on the warm workers"
         else:
             parts = [f"{self.done}/{total} images", f"steps {self.steps_done}/{self.steps_total}"]
             if self.failed:

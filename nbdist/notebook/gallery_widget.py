@@ -91,10 +91,12 @@ class GalleryWidget(anywidget.AnyWidget):
     tiles = t.List(t.Instance(TileModel)).tag(sync=True, **widgets.widget_serialization)
     header = t.Dict().tag(sync=True)
     aspect = t.Float(1.0).tag(sync=True)
+    stoppable = t.Bool(False).tag(sync=True)  # the header shows a Stop button (background runs)
 
     def __init__(self, tiles: list[TileModel], aspect: float, full_image: FullImageSource | None = None) -> None:
         super().__init__(tiles=tiles, aspect=aspect)
         self.full_image = full_image
+        self.on_stop: Callable[[], None] | None = None
         self.on_msg(self._on_custom)
 
     def show_header(self, header: HeaderView) -> None:
@@ -102,7 +104,11 @@ class GalleryWidget(anywidget.AnyWidget):
         self.header = header.as_dict()
 
     def _on_custom(self, _widget: Any, content: dict[str, Any], _buffers: list[bytes]) -> None:
-        """Browser → kernel: ``{"type": "full", "index": i}`` asks for image i at full size."""
+        """Browser → kernel: ``{"type": "full", "index": i}`` asks for image i at full size; ``{"type": "stop"}``."""
+        if isinstance(content, dict) and content.get("type") == "stop":
+            if self.on_stop is not None:
+                self.on_stop()
+            return
         if not isinstance(content, dict) or content.get("type") != "full":
             return
         try:

@@ -103,6 +103,9 @@ class DistgenMagics(Magics):
         except NbdistUsageError as exc:
             raise UsageError(str(exc)) from None
         if args.background:
+            for show in shows:
+                if isinstance(show, Gallery):
+                    show.allow_stop(result.cancel)  # the kernel is free: the gallery's Stop reaches it
             if args.out:
                 ns[args.out] = result
             return None

@@ -95,6 +95,11 @@ class Fanout:
         for obs in self.observers:
             self._call(obs, "on_start", run)
 
+    def queued(self, ahead: int) -> None:
+        """The run waits behind ``ahead`` others (observers with ``on_queued`` say so)."""
+        for obs in self.observers:
+            self._call(obs, "on_queued", ahead)
+
     def dispatch(self, msg: Message) -> None:
         for obs in self.observers:
             self._call(obs, "on_message", msg)

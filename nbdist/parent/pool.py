@@ -106,7 +106,10 @@ class WorkerPool:
             self._last_key = plan.key
         run.announce()
         with self._lock:
+            ahead = len(self._pending) + (self._current is not None)
             self._pending.append(run)
+        if ahead:
+            run.fanout.queued(ahead)
         self._wake.set()
         return RunHandle(run, self), reason
 

@@ -38,7 +38,14 @@ async function render({ model, el }) {
   const fill = node("div", "nbdist-bar-fill");
   bar.appendChild(fill);
   const workers = node("div", "nbdist-workers");
-  head.append(title, stats, bar, workers);
+  const stop = node("button", "nbdist-stop", "Stop");
+  stop.title = "Stop this run: finished images are kept, the workers stay warm";
+  stop.addEventListener("click", () => {
+    stop.disabled = true;
+    stop.textContent = "Stopping…";
+    model.send({ type: "stop" });
+  });
+  head.append(title, stop, stats, bar, workers);
 
   function drawHeader() {
     const h = model.get("header") || {};
@@ -47,6 +54,7 @@ async function render({ model, el }) {
     fill.style.width = `${Math.round(1000 * (h.fraction || 0)) / 10}%`;
     workers.replaceChildren(...(h.workers || []).map((line) => node("div", "nbdist-worker", line)));
     root.dataset.finished = h.finished ? "true" : "false";
+    stop.hidden = !model.get("stoppable") || Boolean(h.finished);
   }
 
   // -- viewer (one image, large) ----------------------------------------------------------------
@@ -224,6 +232,7 @@ async function render({ model, el }) {
   };
 
   model.on("change:header", drawHeader);
+  model.on("change:stoppable", drawHeader);
   model.on("change:aspect", drawAspect);
   model.on("change:tiles", buildTiles);
   model.on("msg:custom", onCustom);
