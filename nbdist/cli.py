@@ -22,7 +22,7 @@ __all__ = ["build_parser", "main", "read_prompts"]
 
 _EPILOG = """\
 examples:
-  nbdist generate --model runwayml/stable-diffusion-v1-5 --prompts prompts.txt --out out --seed 0
+  nbdist generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompts prompts.txt --out out --seed 0
   torchrun --nproc_per_node=2 -m nbdist generate --model M --prompts prompts.txt --out out --seed 0
   accelerate launch --multi_gpu --num_processes 2 -m nbdist generate --model M --prompts prompts.txt --out out
   nbdist generate --model M --prompts prompts.txt --out out --device-map balanced --max-memory 0=10GiB,1=10GiB

@@ -2,7 +2,7 @@
 
 Why it exists: this project (and its users' CI) often has no model hub. Tests, the quickstart and the
 benchmarks still need a *real* ``StableDiffusionPipeline`` that goes through the same
-``save_pretrained`` / ``from_pretrained`` path as ``runwayml/stable-diffusion-v1-5``. Only the sizes are
+``save_pretrained`` / ``from_pretrained`` path as ``stable-diffusion-v1-5/stable-diffusion-v1-5``. Only the sizes are
 small; every component is the real diffusers/transformers class.
 
 Two sizes are provided: ``"tiny"`` (milliseconds per image, for tests) and ``"cpu"`` (roughly half a

@@ -98,7 +98,11 @@ class DistgenMagics(Magics):
                 prompts = parse_prompts(cell, ns)
             options = options_from_args(args)
             keep = [_StoreResult(ns, args.out)] if args.out and not args.background else []
-            shows = [Gallery()] if _has_widget_front_end(self.shell) else [TerminalProgress(summary=True)]
+            shows = (
+                [Gallery()]
+                if _has_widget_front_end(self.shell)
+                else [TerminalProgress(summary=True, files=bool(options.save_dir))]
+            )
             result = generate(model, prompts, options=options, observers=[*keep, *shows], background=args.background)
         except NbdistUsageError as exc:
             raise UsageError(str(exc)) from None

@@ -51,15 +51,29 @@ def generate(
         if line:
             print(line, file=sys.stderr)
     if observers is None:
-        from .terminal import TerminalProgress
-
-        observers = [TerminalProgress(summary=True)]
+        observers = _default_observers(opts)
     handle, reason = the_pool().submit(plan, list(observers))
     if reason:
         print(reason, file=sys.stderr)
     if background:
         return handle
     return wait_interruptibly(handle)
+
+
+def _default_observers(options: GenerateOptions) -> list[RunObserver]:
+    """A progress line on stderr for scripts and terminal IPython; nothing inside a Jupyter kernel.
+
+    In a kernel the cell's value (the result's static gallery) shows the images, and ``%%distgen`` is
+    the way to a live gallery; a terminal progress line there would only be noise in the cell.
+    """
+    if "ipykernel" in sys.modules:
+        from IPython import get_ipython
+
+        if type(get_ipython()).__name__ == "ZMQInteractiveShell":
+            return []
+    from .terminal import TerminalProgress
+
+    return [TerminalProgress(summary=True, files=bool(options.save_dir))]
 
 
 def wait_interruptibly(handle: RunHandle) -> GenerationResult:

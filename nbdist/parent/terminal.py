@@ -32,6 +32,7 @@ class TerminalProgress:
         share_only: bool = False,
         interval: float = 0.1,
         summary: bool = False,
+        files: bool = True,
     ) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._live = live if live is not None else bool(getattr(self._stream, "isatty", lambda: False)())
@@ -47,6 +48,7 @@ class TerminalProgress:
         self._last_draw = 0.0
         self._drawn = False
         self._summary = summary  # end with the result's one-line summary (terminal IPython, scripts)
+        self._files = files  # name images by their PNG file (the CLI writes them), else by index and prompt
         self._first_image_at: float | None = None
 
     def on_start(self, run: RunInfo) -> None:
@@ -69,7 +71,10 @@ class TerminalProgress:
                 self._first_image_at = time.monotonic()
             self._step = ""
             job = self._jobs.get(msg.index)
-            name = file_name(job) if job is not None else f"image {msg.index}"
+            if job is None:
+                name = f"image {msg.index}"
+            else:
+                name = file_name(job) if self._files else f"#{msg.index} {job.prompt[:40]!r}"
             self._event(f"[{self._done + self._failed}/{self._total}] {name} (rank {msg.rank}, {msg.seconds:.2f} s)")
         elif isinstance(msg, ImageFailed):
             self._failed += 1
