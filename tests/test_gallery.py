@@ -346,3 +346,12 @@ def test_stop_button_calls_cancel_once_allowed() -> None:
     assert gallery.widget.stoppable is True
     gallery.widget._on_custom(gallery.widget, {"type": "stop"}, [])
     assert stops == [True]
+
+
+def test_a_blanked_image_says_so_in_its_tile() -> None:
+    gallery = _gallery(Clock())
+    img = Image.new("RGB", (96, 64))
+    msg = ImageReady(0, 0, "cpu", 0.5, "RGB", img.size, img.tobytes(), thumbnail_jpeg(img, 256), note="blanked by X")
+    gallery.on_message(msg)
+    gallery.flush()
+    assert "blanked by X" in gallery.tiles[0].meta

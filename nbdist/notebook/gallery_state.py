@@ -142,6 +142,8 @@ class GalleryState:
             tile = self._by_index[msg.index]
             tile.status, tile.rank, tile.device, tile.seconds = "done", msg.rank, msg.device, msg.seconds
             tile.thumbnail = msg.thumbnail
+            if msg.note:  # e.g. blanked by the safety checker: the tile says so next to its details
+                tile.params = f"{tile.params} · {msg.note}" if tile.params else msg.note
             tile.step = tile.total = tile.total or self.run.steps
             self._finished_image(msg.rank, msg.index)
             self._dirty.add(msg.index)
