@@ -12,7 +12,11 @@ then saves a ``StableDiffusionPipeline`` with ``save_pretrained`` (fp16 safetens
 (the steps and guidance it is meant for), and prints an evaluation on seeds (and some colour/shape/
 background combinations) that training never saw.
 
-    .venv/bin/python scripts/train_demo.py                # full run (~35 min on one core)
+The UNet phase runs for a time budget (23 min; the learning rate decays with the clock), so on a busy
+machine it takes fewer steps: the shipped model took 33 min in all on a shared 2-core machine (VAE 1600
+steps, UNet 4162 steps at batch 32) and scored colours 100 %, shapes 98.7 % on unseen seeds.
+
+    .venv/bin/python scripts/train_demo.py                # full run (~33 min on one core)
     .venv/bin/python scripts/train_demo.py --smoke --out /tmp/demo-smoke
 """
 
