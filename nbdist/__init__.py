@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .demo import demo_model
 from .options import GenerateOptions, NbdistUsageError
 from .parent.api import generate, shutdown, status
 from .parent.results import GenerationResult, ImageRecord
@@ -19,6 +20,7 @@ __all__ = [
     "ImageRecord",
     "NbdistUsageError",
     "RunHandle",
+    "demo_model",
     "generate",
     "load_ipython_extension",
     "shutdown",

@@ -86,3 +86,24 @@ def test_line_magic_takes_prompts_from_a_list(kernel: Kernel, tiny_model: str) -
     assert kernel.value("[r.prompt for r in res]") == ["a dog", "a cat", "a cow"]
     ex = kernel.execute("%%distgen --model {model} --prompts ideas\na horse")
     assert "not both" in ex.stream("stderr")
+
+
+def test_demo_model_draws_what_the_cell_says(kernel: Kernel) -> None:
+    """Meaning through %%distgen itself: the demo model at its own defaults (nbdist.json) follows the prompt."""
+    ex = kernel.execute(
+        "from nbdist import demo_model\nfrom nbdist.demo.evaluate import judge\nmodel = str(demo_model())"
+    )
+    assert ex.error is None, ex.error
+    ex = kernel.execute(
+        "%%distgen --model {model} -n 2 --seed 0 -o res\n"
+        "a red circle on a blue background\na yellow square on a black background\n"
+        "a green triangle on a white background\na purple circle on a yellow background"
+    )
+    assert ex.error is None, ex.error
+    assert kernel.value("(res.settings['steps'], res.sources['steps'])") == (15, "model file")
+    seen = kernel.value("[(j.colour, j.background, j.shape) for j in map(judge, res.images)]")
+    wanted = [("red", "blue", "circle"), ("yellow", "black", "square"), ("green", "white", "triangle")]
+    wanted.append(("purple", "yellow", "circle"))
+    colours = sum(s[:2] == w[:2] for s, w in zip(seen, wanted, strict=True))
+    shapes = sum(s[2] == w[2] for s, w in zip(seen, wanted, strict=True))
+    assert colours == 4 and shapes >= 3, seen
