@@ -355,3 +355,17 @@ def test_a_blanked_image_says_so_in_its_tile() -> None:
     gallery.on_message(msg)
     gallery.flush()
     assert "blanked by X" in gallery.tiles[0].meta
+
+
+def test_first_image_is_sent_at_once_then_coalesced() -> None:
+    clock = Clock()
+    gallery = _gallery(clock)
+    gallery.on_message(_ready(0, 0))
+    gallery.on_tick()  # no time has passed, yet the first image goes out
+    assert gallery.tiles[0].status == "done"
+    gallery.on_message(_ready(1, 0))
+    gallery.on_tick()  # the next one waits for the interval
+    assert gallery.tiles[1].status == "queued"
+    clock.now += 0.2
+    gallery.on_tick()
+    assert gallery.tiles[1].status == "done"

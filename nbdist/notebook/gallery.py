@@ -95,11 +95,14 @@ class Gallery:
             self._fallback_sent, self._last_fallback = bundle, self._clock()
 
     def on_message(self, msg: Message) -> None:
-        """Absorb a message; nothing is sent until the next tick."""
+        """Absorb a message; nothing is sent until the next tick (the run's first image: at once)."""
         if self.state is None:
             return
         with self._lock:
+            first = self.state.done == 0
             self.state.apply(msg)
+            if first and self.state.done:
+                self._last_flush = float("-inf")  # fast to the first image: no coalescing delay for it
 
     def on_queued(self, ahead: int) -> None:
         """The run waits for ``ahead`` earlier runs (a background run is going): the header says so."""
