@@ -10,7 +10,7 @@ from typing import Any, overload
 from ..jobs import ImageJob
 from ..options import GenerateOptions
 
-__all__ = ["GenerationResult", "ImageRecord", "WorkerFailure", "WorkerInfo"]
+__all__ = ["GenerationResult", "ImageRecord", "RecordSequence", "WorkerFailure", "WorkerInfo"]
 
 
 @dataclass
@@ -58,8 +58,32 @@ class WorkerInfo:
     device_map: dict[str, Any] | None = None  # where --device-map balanced put each component
 
 
+class RecordSequence(Sequence[ImageRecord]):
+    """Indexing, iteration and ``images`` over ``records``: a finished result, or a run still going."""
+
+    records: list[ImageRecord]
+
+    @overload
+    def __getitem__(self, i: int) -> ImageRecord: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[ImageRecord]: ...
+    def __getitem__(self, i: int | slice) -> ImageRecord | list[ImageRecord]:
+        return self.records[i]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self.records)
+
+    @property
+    def images(self) -> list[Any]:
+        """The generated PIL images, in prompt order (failed ones left out)."""
+        return [r.image for r in self.records if r.image is not None]
+
+
 @dataclass
-class GenerationResult(Sequence[ImageRecord]):
+class GenerationResult(RecordSequence):
     """Records of every image that finished or failed, in prompt order.
 
     ``missing`` lists the jobs that never finished (interrupted, or their worker died), so a partial
@@ -84,28 +108,10 @@ class GenerationResult(Sequence[ImageRecord]):
     jobs: list[ImageJob] = field(default_factory=list, repr=False)  # every job of the run, for grids
     display_token: str | None = field(default=None, repr=False)  # pairs the notebook gallery with _repr_html_
 
-    @overload
-    def __getitem__(self, i: int) -> ImageRecord: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[ImageRecord]: ...
-    def __getitem__(self, i: int | slice) -> ImageRecord | list[ImageRecord]:
-        return self.records[i]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self) -> Iterator[ImageRecord]:
-        return iter(self.records)
-
     @property
     def device_map(self) -> dict[str, Any] | None:
         """``hf_device_map`` of a ``--device-map`` run (component -> GPU number or "cpu"), else None."""
         return next((w.device_map for w in self.workers.values() if w.device_map), None)
-
-    @property
-    def images(self) -> list[Any]:
-        """The generated PIL images, in prompt order (failed ones left out)."""
-        return [r.image for r in self.records if r.image is not None]
 
     @property
     def errors(self) -> list[ImageRecord]:

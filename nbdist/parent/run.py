@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 from ..messages import Message, RunFinished, RunStarted, WorkerFinished, WorkerStarted
 from .collector import Fanout, ResultBuilder
 from .launch import WorkerExit
 from .observer import RunObserver
 from .plan import Plan
-from .results import GenerationResult, ImageRecord, WorkerFailure
+from .results import GenerationResult, ImageRecord, RecordSequence, WorkerFailure
 from .saving import DiskWriter
 
 __all__ = ["Run", "RunHandle"]
@@ -136,7 +136,7 @@ def _size(path: Path) -> int:
         return 0
 
 
-class RunHandle(Sequence[ImageRecord]):
+class RunHandle(RecordSequence):
     """A run going on in the background: records so far, ``done``, ``wait()`` and ``cancel()``.
 
     Indexing and iterating give the images finished so far in prompt order, like ``GenerationResult``;
@@ -147,30 +147,12 @@ class RunHandle(Sequence[ImageRecord]):
         self._run = run
         self._pool = pool
 
-    @property
+    @property  # type: ignore[override]
     def records(self) -> list[ImageRecord]:
         if self._run.result is not None:
             return self._run.result.records
         snapshot = dict(self._run.builder.records)  # a C-level copy: safe while the pool thread adds
         return [snapshot[i] for i in sorted(snapshot)]
-
-    @overload
-    def __getitem__(self, i: int) -> ImageRecord: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[ImageRecord]: ...
-    def __getitem__(self, i: int | slice) -> ImageRecord | list[ImageRecord]:
-        return self.records[i]
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self) -> Iterator[ImageRecord]:
-        return iter(self.records)
-
-    @property
-    def images(self) -> list[Any]:
-        """The images finished so far, in prompt order."""
-        return [r.image for r in self.records if r.image is not None]
 
     @property
     def done(self) -> bool:
