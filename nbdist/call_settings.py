@@ -68,8 +68,26 @@ class CallSettings:
 
 
 def _signature(pipe: Any) -> dict[str, inspect.Parameter] | None:
-    """The pipeline's call arguments; None without a pipeline (``--device-map``: the kernel loads none)."""
-    return None if pipe is None else dict(inspect.signature(type(pipe).__call__).parameters)
+    """The pipeline's call arguments; None without a pipeline (``--device-map``: the kernel loads none).
+
+    A subclass whose ``__call__`` takes ``**kwargs`` and hands them to ``super()`` (a user's wrapper)
+    still takes its base class's arguments: they are read down the MRO until a signature without
+    ``**kwargs``, so ``--steps`` reaches such a pipeline instead of being dropped.
+    """
+    if pipe is None:
+        return None
+    params: dict[str, inspect.Parameter] = {}
+    for cls in type(pipe).__mro__:
+        call = cls.__dict__.get("__call__")
+        if call is None:
+            continue
+        own = inspect.signature(call).parameters
+        for name, param in own.items():
+            if param.kind is not inspect.Parameter.VAR_KEYWORD:
+                params.setdefault(name, param)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
+            break
+    return params
 
 
 def recommended(model: str | None) -> tuple[dict[str, Any], str]:
@@ -153,7 +171,9 @@ def _unused(pipe: Any, params: dict[str, inspect.Parameter], options: GenerateOp
 
 def check_params(pipe: Any, params: dict[str, Any]) -> None:
     """Every ``--param`` must be an argument of the pipeline's ``__call__`` that nbdist does not set itself."""
-    known = [n for n, p in _signature(pipe).items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    known = [
+        n for n, p in (_signature(pipe) or {}).items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
     cls = type(pipe).__name__
     for name in params:
         if name in _RESERVED:

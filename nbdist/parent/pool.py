@@ -208,6 +208,8 @@ class WorkerPool:
             self._end_current()
             return
         key = run.plan.key
+        if self._group is not None and not self._group.healthy():
+            self._retire_group()  # a worker died since the last run: start a full group
         if self._group is not None and (self._group_key != key or run.fresh_group):
             self._stop_group()
         if self._group is None:
@@ -260,6 +262,9 @@ class WorkerPool:
             if now - run.cancel_requested_at > STOP_GRACE:
                 group.kill()  # the next _watch finds it dead and ends the run
             return
+        if run is None and group is not None and group.all_ready and not group.healthy():
+            self._retire_group()  # killed while idle: no stale pids in the status, the next run starts afresh
+            return
         idle = self.idle_timeout
         if run is None and group is not None and idle is not None and now - self._last_activity > idle:
             with self._lock:
@@ -285,6 +290,15 @@ class WorkerPool:
             self._current = None
             self._runs_done += 1
         self._last_activity = time.monotonic()
+
+    def _retire_group(self) -> None:
+        """A group with a dead worker: stop the rest now rather than wait for torch elastic to."""
+        group = self._group
+        self._group = self._group_key = None
+        if group is not None:
+            with contextlib.suppress(Exception):
+                group.kill()
+                group.close()
 
     def _stop_group(self) -> None:
         group = self._group

@@ -98,6 +98,14 @@ class WorkerGroup:
         """The launcher still runs, i.e. no worker has died and the group was not stopped."""
         return self.thread is not None and self.thread.is_alive()
 
+    def healthy(self) -> bool:
+        """The launcher runs and every worker is alive: a worker killed while idle shows here first.
+
+        torch elastic notices a dead worker within its monitor interval, then takes its time stopping
+        the others; a run must not be handed to a group in that state.
+        """
+        return self.alive and all(proc.is_alive() for proc in self._processes)
+
     @property
     def pids(self) -> list[int]:
         return [self.ready[r].pid for r in sorted(self.ready)]
