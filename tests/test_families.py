@@ -32,6 +32,7 @@ SCHEDULERS = {"sd": "EulerDiscreteScheduler", "sdxl": "DDIMScheduler", "pixart-s
 
 SETUP = """
 import numpy as np, torch, diffusers
+torch.set_num_threads(1)  # reference calls in the kernel: no OpenMP spin-waiting against other load
 from diffusers import DiffusionPipeline
 refs = {}
 def ref(folder, scheduler=None):

@@ -49,6 +49,7 @@ def test_same_workers_across_cells(kernel: Kernel, tiny_model: str) -> None:
 
 STALE_SETUP = """
 import torch, nbdist
+torch.set_num_threads(1)  # reference calls in the kernel: no OpenMP spin-waiting against other load
 from diffusers import StableDiffusionPipeline
 pipe = StableDiffusionPipeline.from_pretrained({model!r})
 pipe.set_progress_bar_config(disable=True)

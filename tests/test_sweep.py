@@ -17,6 +17,7 @@ from nbdist.sweep import parse_sweep
 
 CHECK = """
 import numpy as np, torch
+torch.set_num_threads(1)  # reference calls in the kernel: no OpenMP spin-waiting against other load
 from nbdist.pipelines import load_pipeline
 ref = load_pipeline({model!r}, "float32")
 ref.set_progress_bar_config(disable=True)
