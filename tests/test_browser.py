@@ -308,6 +308,8 @@ def _run_quickstart(page, lab: str) -> None:
     for noise in NOISE:
         assert noise not in outputs, noise
 
+    _check_sweep_grid(page)
+
     timings = {
         "run_all_to_gallery_s": round(shown - clicked, 2),
         "gallery_to_first_image_s": round(first_seen - shown, 2),
@@ -318,6 +320,46 @@ def _run_quickstart(page, lab: str) -> None:
     }
     (ARTIFACTS / "browser-timings.json").write_text(json.dumps(timings, indent=2))
     print(json.dumps(timings))
+
+
+def _check_sweep_grid(page) -> None:
+    """The quickstart's sweep cell: a labelled grid per steps value, tiles in place, ‹ › along a row."""
+    from playwright.sync_api import expect
+
+    cell = page.locator(".jp-CodeCell").filter(has_text="--sweep").first
+    gallery = cell.locator(".nbdist-gallery")
+    gallery.wait_for(timeout=120_000)
+    tiles = gallery.locator(".nbdist-tile")
+    boxes_before = tiles.evaluate_all("ts => ts.map(t => [t.offsetLeft, t.offsetTop, t.offsetWidth])")
+    expect(gallery.locator(".nbdist-tile[data-status='done']")).to_have_count(12, timeout=300_000)
+    assert tiles.evaluate_all("ts => ts.map(t => [t.offsetLeft, t.offsetTop, t.offsetWidth])") == boxes_before
+    sections = gallery.locator(".nbdist-sweep")
+    assert sections.locator(".nbdist-sweep-heading").all_inner_texts() == ["steps=8", "steps=15"]
+    first = sections.first
+    assert first.locator(".nbdist-col-label").all_inner_texts() == ["guidance=1.5", "guidance=3", "guidance=4.5"]
+    rows = ["a blue triangle on a white background", "a red square on a green background"]
+    assert first.locator(".nbdist-row-label").all_inner_texts() == rows
+    indices = first.locator(".nbdist-tile").evaluate_all("ts => ts.map(t => Number(t.dataset.index))")
+    assert indices == [0, 1, 2, 6, 7, 8]  # each prompt's images are numbered first axis fastest
+
+    first.scroll_into_view_if_needed()
+    page.screenshot(path=str(ARTIFACTS / "gallery-sweep-grid.png"))
+    first.locator(".nbdist-tile").first.click()
+    viewer = gallery.locator(".nbdist-viewer")
+    title = viewer.locator(".nbdist-viewer-title")
+    expect(title).to_contain_text("guidance=1.5")
+    expect(viewer.locator(".nbdist-prev")).to_be_disabled()
+    for guidance in ["3", "4.5"]:  # › walks along the row: same prompt and seed, the next guidance
+        viewer.locator(".nbdist-next").click()
+        expect(title).to_contain_text(f"guidance={guidance} ")
+        expect(title).to_contain_text(rows[0])
+    expect(viewer.locator(".nbdist-next")).to_be_disabled()
+    viewer.press("ArrowDown")  # ↓: the same column, the next row
+    expect(title).to_contain_text(rows[1])
+    expect(title).to_contain_text("guidance=4.5")
+    viewer.press("ArrowLeft")
+    expect(title).to_contain_text("guidance=3 ")
+    page.screenshot(path=str(ARTIFACTS / "gallery-sweep.png"))
 
 
 def test_run_all_at_once_never_leaves_the_cell_silent(lab: str) -> None:

@@ -369,3 +369,26 @@ def test_first_image_is_sent_at_once_then_coalesced() -> None:
     clock.now += 0.2
     gallery.on_tick()
     assert gallery.tiles[1].status == "done"
+
+
+def test_a_sweep_is_laid_out_as_labelled_grids_in_the_widget() -> None:
+    axes: dict[str, list[object]] = {"guidance": [3.0, 7.5], "steps": [2, 4]}
+    opts = GenerateOptions(seed=0, sweep=axes)
+    jobs = make_jobs(PROMPTS[:2], 1, 0, sweep=axes)
+    gallery = _gallery(Clock(), RunInfo(jobs, opts, "tiny-model", 0, 2, "cpu", 64, 64))
+    assert gallery.widget is not None
+    grids = gallery.widget.grids
+    assert [g["heading"] for g in grids] == ["steps=2", "steps=4"]
+    assert all(g["columns"] == ["guidance=3", "guidance=7.5"] for g in grids)
+    assert all(g["rows"] == PROMPTS[:2] for g in grids)
+    by_index = {job.index: job for job in jobs}
+    for grid, steps in zip(grids, [2, 4], strict=True):
+        for row, prompt in zip(grid["cells"], PROMPTS[:2], strict=True):
+            cells = [by_index[i] for i in row]
+            assert [j.prompt for j in cells] == [prompt, prompt]
+            assert [j.settings for j in cells] == [{"guidance": 3.0, "steps": steps}, {"guidance": 7.5, "steps": steps}]
+            assert cells[0].seed == cells[1].seed  # a row differs in the swept value only
+    assert sorted(i for g in grids for row in g["cells"] for i in row) == list(range(8))
+    assert "2–4 steps" in gallery.widget.header["title"]
+    assert "steps 0/24" in gallery.widget.header["stats"]  # each image's own step count: 4 × 2 + 4 × 4
+    assert _gallery(Clock()).widget.grids == []  # no sweep: tiles flow in prompt order

@@ -23,11 +23,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from IPython.display import display, update_display
 
 from ..messages import Message
+from ..parent.grid import layout
 from ..parent.observer import RunInfo
 from ..parent.static_html import fallback_html, live_class, result_html
 from .gallery_state import GalleryState
@@ -81,6 +83,7 @@ class Gallery:
             tiles=list(self.tiles.values()),
             aspect=run.width / run.height if run.height else 1.0,
             full_image=self.full_image,
+            grids=[asdict(grid) for grid in layout(run.jobs, run.options.sweep)],
         )
         self.widget.add_class("nbdist-live")
         self.widget.add_class(live_class(self.token))

@@ -50,6 +50,7 @@ class TileState:
     thumbnail: bytes = b""
     error: str = ""
     params: str = ""  # a sweep's values for this image, e.g. "guidance=4 · steps=3"
+    steps: int = 0  # denoising steps it will take (a swept value or the run's), for progress before it starts
 
     @property
     def label(self) -> str:
@@ -123,7 +124,14 @@ class GalleryState:
 
     def __post_init__(self) -> None:
         self.tiles = [
-            TileState(job.index, job.prompt, job.seed, params=value_text(job.settings)) for job in self.run.jobs
+            TileState(
+                job.index,
+                job.prompt,
+                job.seed,
+                params=value_text(job.settings),
+                steps=int(job.settings.get("steps", self.run.steps)),
+            )
+            for job in self.run.jobs
         ]
         self._by_index = {t.index: t for t in self.tiles}
         self.workers = {rank: WorkerState(rank) for rank in range(self.run.num_processes)}
@@ -144,7 +152,7 @@ class GalleryState:
             tile.thumbnail = msg.thumbnail
             if msg.note:  # e.g. blanked by the safety checker: the tile says so next to its details
                 tile.params = f"{tile.params} · {msg.note}" if tile.params else msg.note
-            tile.step = tile.total = tile.total or self.run.steps
+            tile.step = tile.total = tile.total or tile.steps
             self._finished_image(msg.rank, msg.index)
             self._dirty.add(msg.index)
         elif isinstance(msg, ImageFailed):
@@ -215,13 +223,13 @@ class GalleryState:
 
     @property
     def steps_total(self) -> int:
-        return sum(t.total or self.run.steps for t in self.tiles)
+        return sum(t.total or t.steps for t in self.tiles)
 
     @property
     def steps_done(self) -> int:
         """Denoising steps finished across all workers (a failed image counts as fully stepped)."""
         return sum(
-            (t.total or self.run.steps) if t.status in ("done", "failed") else t.step
+            (t.total or t.steps) if t.status in ("done", "failed") else t.step
             for t in self.tiles
             if t.status != "queued"
         )
@@ -245,9 +253,11 @@ class GalleryState:
     def header(self) -> HeaderView:
         """The header lines for the current moment."""
         run = self.run
+        steps = sorted({t.steps for t in self.tiles}) or [run.steps]
+        steps_text = f"{steps[0]} steps" if len(steps) == 1 else f"{steps[0]}–{steps[-1]} steps"
         title = (
             f"{len(self.tiles)} images · {run.num_processes} worker(s) on {run.device_type} · "
-            f"{run.steps} steps · seed {run.seed} · {run.model}"
+            f"{steps_text} · seed {run.seed} · {run.model}"
         )
         total = len(self.tiles)
         fraction = self.steps_done / self.steps_total if self.steps_total else 1.0

@@ -83,7 +83,11 @@ FullImageSource = Callable[[int], "FullImage | str"]
 
 
 class GalleryWidget(anywidget.AnyWidget):
-    """Header (progress, rate, ETA, one line per worker), tile grid, and a viewer for one image."""
+    """Header (progress, rate, ETA, one line per worker), tile grid, and a viewer for one image.
+
+    A sweep's tiles sit in labelled grids (column headers, row labels, a heading per value of a third
+    axis); the viewer's ‹ › then walk along a row and ↑ ↓ move between rows.
+    """
 
     _esm = _STATIC / "gallery.js"
     _css = _STATIC / "gallery.css"
@@ -92,9 +96,18 @@ class GalleryWidget(anywidget.AnyWidget):
     header = t.Dict().tag(sync=True)
     aspect = t.Float(1.0).tag(sync=True)
     stoppable = t.Bool(False).tag(sync=True)  # the header shows a Stop button (background runs)
+    # A sweep's labelled grids (``parent.grid.Grid`` as dicts: heading, columns, rows, cells of tile
+    # indices); empty: the tiles flow in prompt order. The view lays tiles out once and fills them in place.
+    grids = t.List(t.Dict()).tag(sync=True)
 
-    def __init__(self, tiles: list[TileModel], aspect: float, full_image: FullImageSource | None = None) -> None:
-        super().__init__(tiles=tiles, aspect=aspect)
+    def __init__(
+        self,
+        tiles: list[TileModel],
+        aspect: float,
+        full_image: FullImageSource | None = None,
+        grids: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(tiles=tiles, aspect=aspect, grids=grids or [])
         self.full_image = full_image
         self.on_stop: Callable[[], None] | None = None
         self.on_msg(self._on_custom)

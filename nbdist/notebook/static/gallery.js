@@ -65,12 +65,14 @@ async function render({ model, el }) {
   const vtitle = node("span", "nbdist-viewer-title");
   const prev = node("button", "nbdist-prev", "‹");
   const next = node("button", "nbdist-next", "›");
+  const up = node("button", "nbdist-up", "↑");
+  const down = node("button", "nbdist-down", "↓");
   const download = node("a", "nbdist-download", "Download PNG");
   const close = node("button", "nbdist-close", "✕");
-  prev.title = "previous image (←)";
-  next.title = "next image (→)";
   close.title = "close (Esc)";
-  vbar.append(vtitle, prev, next, download, close);
+  up.title = "same column, previous row (↑)";
+  down.title = "same column, next row (↓)";
+  vbar.append(vtitle, prev, next, up, down, download, close);
   const vimg = node("img", "nbdist-viewer-img");
   const vnote = node("div", "nbdist-viewer-note");
   viewer.append(vbar, vimg, vnote);
@@ -138,7 +140,64 @@ async function render({ model, el }) {
       drawTile(tile);
       return tile;
     });
-    grid.replaceChildren(...tiles.map((tile) => tile.fig));
+    layOut();
+  }
+
+  // -- layout and navigation --------------------------------------------------------------------
+  // `rows` lists the rows the viewer walks: positions in `tiles`, -1 for an empty cell. Without a
+  // sweep there is one row, every tile in prompt order; with one, a row per labelled row of each grid.
+  let rows = [];
+  let where = new Map(); // position in `tiles` -> [row, column]
+
+  function place(pos, r, c) {
+    where.set(pos, [r, c]);
+    return tiles[pos].fig;
+  }
+
+  function sweepSection(g, byIndex) {
+    const section = node("section", "nbdist-sweep");
+    if (g.heading) section.appendChild(node("div", "nbdist-sweep-heading", g.heading));
+    const table = node("div", "nbdist-sweep-grid");
+    table.style.gridTemplateColumns = `minmax(7em, 16em) repeat(${g.columns.length}, minmax(120px, 200px))`;
+    table.appendChild(node("div", "nbdist-corner"));
+    for (const text of g.columns) table.appendChild(node("div", "nbdist-col-label", text));
+    g.cells.forEach((cells, r) => {
+      const label = node("div", "nbdist-row-label", (g.rows || [])[r] || "");
+      label.title = label.textContent;
+      table.appendChild(label);
+      const row = cells.map((index) => (byIndex.has(index) ? byIndex.get(index) : -1));
+      row.forEach((pos, c) => table.appendChild(pos < 0 ? node("div", "nbdist-empty") : place(pos, rows.length, c)));
+      rows.push(row);
+    });
+    section.appendChild(table);
+    return section;
+  }
+
+  function layOut() {
+    const sweep = model.get("grids") || [];
+    rows = [];
+    where = new Map();
+    if (!sweep.length) {
+      grid.className = "nbdist-grid";
+      grid.replaceChildren(...tiles.map((_, pos) => place(pos, 0, pos)));
+      rows = [tiles.map((_, pos) => pos)];
+      return;
+    }
+    const byIndex = new Map(tiles.map((tile, pos) => [tile.model.get("index"), pos]));
+    grid.className = "nbdist-sweeps";
+    grid.replaceChildren(...sweep.map((g) => sweepSection(g, byIndex)));
+  }
+
+  function neighbour(pos, dr, dc) {
+    const at = where.get(pos);
+    if (!at) return -1;
+    let [r, c] = at;
+    for (;;) {
+      r += dr;
+      c += dc;
+      if (r < 0 || r >= rows.length || c < 0 || c >= rows[r].length) return -1;
+      if (rows[r][c] >= 0) return rows[r][c];
+    }
   }
 
   function drawViewer() {
@@ -150,8 +209,14 @@ async function render({ model, el }) {
     vtitle.textContent = `${m.get("prompt")} · ${m.get("meta")}`;
     vimg.alt = m.get("prompt");
     vtitle.title = m.get("prompt");
-    prev.disabled = shown <= 0;
-    next.disabled = shown >= tiles.length - 1;
+    const sweep = rows.length > 1;
+    prev.title = sweep ? "previous in this row (←)" : "previous image (←)";
+    next.title = sweep ? "next in this row (→)" : "next image (→)";
+    prev.disabled = neighbour(shown, 0, -1) < 0;
+    next.disabled = neighbour(shown, 0, 1) < 0;
+    up.hidden = down.hidden = !sweep;
+    up.disabled = neighbour(shown, -1, 0) < 0;
+    down.disabled = neighbour(shown, 1, 0) < 0;
     if (got && got.url) {
       vimg.src = got.url;
       vimg.hidden = false;
@@ -206,14 +271,18 @@ async function render({ model, el }) {
     delete root.dataset.viewing;
   }
 
-  prev.addEventListener("click", () => open(shown - 1));
-  next.addEventListener("click", () => open(shown + 1));
+  const moves = { ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0] };
+  const move = ([dr, dc]) => open(neighbour(shown, dr, dc));
+  prev.addEventListener("click", () => move(moves.ArrowLeft));
+  next.addEventListener("click", () => move(moves.ArrowRight));
+  up.addEventListener("click", () => move(moves.ArrowUp));
+  down.addEventListener("click", () => move(moves.ArrowDown));
   close.addEventListener("click", hide);
   vimg.addEventListener("click", hide);
   viewer.addEventListener("keydown", (event) => {
+    const vertical = event.key === "ArrowUp" || event.key === "ArrowDown";
     if (event.key === "Escape") hide();
-    else if (event.key === "ArrowLeft") open(shown - 1);
-    else if (event.key === "ArrowRight") open(shown + 1);
+    else if (event.key in moves && !(vertical && rows.length <= 1)) move(moves[event.key]);
     else return;
     event.preventDefault();
     event.stopPropagation();
@@ -235,6 +304,7 @@ async function render({ model, el }) {
   model.on("change:stoppable", drawHeader);
   model.on("change:aspect", drawAspect);
   model.on("change:tiles", buildTiles);
+  model.on("change:grids", layOut);
   model.on("msg:custom", onCustom);
   drawHeader();
   drawAspect();
