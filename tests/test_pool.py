@@ -218,24 +218,41 @@ import psutil, gc, nbdist, time
 get_ipython().displayhook.do_full_cache = False
 me = psutil.Process()
 def snapshot(baseline_fds=None):
-    # ipykernel closes a finished thread's iopub event pipe itself, asynchronously in zmq's reaper
-    # thread: run that clean-up now and give it up to 5 s to bring the count back to the baseline.
-    gc.collect()
-    try:
-        get_ipython().kernel.iopub_thread._event_pipe_gc().send(None)
-    except StopIteration:
-        pass
+    # ipykernel closes a finished thread's iopub event pipe itself, every 10 s, and zmq releases the
+    # socket's fd asynchronously in its reaper thread: run that clean-up now, and again while waiting
+    # (up to 5 s) for the count to come back to the baseline.
+    def event_pipe_gc():
+        gc.collect()
+        try:
+            get_ipython().kernel.iopub_thread._event_pipe_gc().send(None)
+        except StopIteration:
+            pass
+    event_pipe_gc()
     deadline = time.monotonic() + 5
     while baseline_fds is not None and me.num_fds() > baseline_fds and time.monotonic() < deadline:
         time.sleep(0.05)
+        event_pipe_gc()
     workers = [psutil.Process(p) for p in sorted(w.pid for w in res.workers.values())]
     return (me.num_threads(), me.num_fds(), me.memory_info().rss, [w.memory_info().rss for w in workers])
+def fds():
+    import os
+    names = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            names[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return names
+def thread_names():
+    import threading
+    return sorted(t.name for t in threading.enumerate())
 """
     cell = f"res = nbdist.generate({tiny_model!r}, ['a', 'b'], num_processes=2, steps=1, seed=0, observers=[])"
     assert kernel.execute(setup).error is None
     for _ in range(20):  # warm up: caches, first-use allocations, allocator arenas
         assert kernel.execute(cell).error is None
     before, first = kernel.value("snapshot()"), pids(kernel)
+    fds_before, threads_before = kernel.value("fds()"), kernel.value("thread_names()")
     start = time.monotonic()
     for _ in range(100):
         ex = kernel.execute(cell)
@@ -245,7 +262,10 @@ def snapshot(baseline_fds=None):
     print(f"100 cells in {wall:.1f} s; kernel threads/fds/rss/worker rss before {before}, after {after}")
     assert pids(kernel) == first
     assert after[0] <= before[0], "threads grew"
-    assert after[1] <= before[1], "open files grew"
+    fds_after = kernel.value("fds()")
+    new_fds = {fd: name for fd, name in fds_after.items() if fds_before.get(fd) != name}
+    threads_after = kernel.value("thread_names()")
+    assert after[1] <= before[1], f"open files grew: {new_fds}; threads {threads_before} -> {threads_after}"
     assert after[2] - before[2] < 5 * 2**20, "kernel memory grew by more than 5 MB"
     for b, a in zip(before[3], after[3], strict=True):
         assert a - b < 5 * 2**20, "worker memory grew by more than 5 MB"

@@ -292,19 +292,23 @@ class WorkerPool:
         self._last_activity = time.monotonic()
 
     def _retire_group(self) -> None:
-        """A group with a dead worker: stop the rest now rather than wait for torch elastic to."""
-        group = self._group
-        self._group = self._group_key = None
-        if group is not None:
-            with contextlib.suppress(Exception):
-                group.kill()
-                group.close()
+        """A group with a dead worker: kill the rest now rather than wait for torch elastic to."""
+        self._drop_group(kill=True)
 
     def _stop_group(self) -> None:
+        """Ask a healthy group to stop (escalating to kill if it does not)."""
+        self._drop_group(kill=False)
+
+    def _drop_group(self, kill: bool) -> None:
         group = self._group
         self._group = self._group_key = None
-        if group is not None:
-            with contextlib.suppress(Exception):
+        if group is None:
+            return
+        with contextlib.suppress(Exception):
+            if kill:
+                group.kill()
+                group.close()
+            else:
                 group.stop()
 
 
