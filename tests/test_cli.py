@@ -287,3 +287,19 @@ def test_terminal_progress_live_line() -> None:
     assert text.count("\n") == 1 and text.endswith("\n")  # one line, redrawn
     assert "step 1/2" in text
     assert text.rstrip("\n").rsplit("\r", 1)[-1].startswith("\x1b[K[" + "#" * 24 + "] 2/2 images")
+
+
+def test_terminal_rate_counts_from_the_first_step() -> None:
+    """A batch's images arrive together: the rate is images over denoising time, not over their gap."""
+    now = [0.0]
+    stream = io.StringIO()
+    progress = TerminalProgress(stream, live=True, interval=0, clock=lambda: now[0])
+    progress.on_start(_info())
+    now[0] = 5.0  # loading the pipeline: not counted
+    progress.on_message(StepProgress(0, (0, 1), 1, 2))
+    now[0] = 6.0
+    progress.on_message(_ready(0, 0))
+    now[0] = 6.001
+    progress.on_message(_ready(1, 0))
+    last = stream.getvalue().rsplit("\r", 1)[-1]
+    assert "2.00 img/s" in last, last

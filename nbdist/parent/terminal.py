@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..messages import ImageFailed, ImageReady, Message, StepProgress, WorkerFinished, WorkerStarted
@@ -33,7 +34,9 @@ class TerminalProgress:
         interval: float = 0.1,
         summary: bool = False,
         files: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._stream = stream if stream is not None else sys.stderr
         self._live = live if live is not None else bool(getattr(self._stream, "isatty", lambda: False)())
         self._prefix = prefix
@@ -44,17 +47,17 @@ class TerminalProgress:
         self._done = 0
         self._failed = 0
         self._step = ""
-        self._started = time.monotonic()
+        self._started = self._clock()
         self._last_draw = 0.0
         self._drawn = False
         self._summary = summary  # end with the result's one-line summary (terminal IPython, scripts)
         self._files = files  # name images by their PNG file (the CLI writes them), else by index and prompt
-        self._first_image_at: float | None = None
+        self._denoising_since: float | None = None  # the first step or image: loading excluded
 
     def on_start(self, run: RunInfo) -> None:
         self._jobs = {job.index: job for job in run.jobs}
         self._total = len(run.jobs)
-        self._started = time.monotonic()
+        self._started = self._clock()
 
     def on_message(self, msg: Message) -> None:
         if isinstance(msg, WorkerStarted):
@@ -63,12 +66,14 @@ class TerminalProgress:
             share = f", {msg.num_jobs} image(s)" if msg.num_jobs >= 0 else ""
             self._event(f"worker {msg.rank} ready on {msg.device}{share}")
         elif isinstance(msg, StepProgress):
+            if self._denoising_since is None:
+                self._denoising_since = self._clock()
             self._step = f"step {msg.step}/{msg.total}"
             self._draw()
         elif isinstance(msg, ImageReady):
             self._done += 1
-            if self._first_image_at is None:
-                self._first_image_at = time.monotonic()
+            if self._denoising_since is None:
+                self._denoising_since = self._clock()
             self._step = ""
             job = self._jobs.get(msg.index)
             if job is None:
@@ -101,7 +106,7 @@ class TerminalProgress:
     def _draw(self, force: bool = False) -> None:
         if not self._live:
             return
-        now = time.monotonic()
+        now = self._clock()
         if not force and now - self._last_draw < self._interval:
             return
         self._last_draw = now
@@ -117,13 +122,17 @@ class TerminalProgress:
         self._drawn = True
 
     def _rate(self, now: float) -> str:
-        """``  0.9 img/s, ETA 12 s`` once two images have come (the first one includes start-up)."""
-        first, total = self._first_image_at, self._total or 0
-        if first is None or self._done < 2 or now <= first:
+        """``  0.9 img/s, ETA 12 s``: images per second since denoising began (model loading excluded).
+
+        Counting from the first step rather than the first image keeps a batch's images, which arrive
+        together, from reading as thousands of images per second.
+        """
+        since, total = self._denoising_since, self._total or 0
+        if since is None or self._done < 1 or now <= since:
             return ""
-        rate = (self._done - 1) / (now - first)
+        rate = self._done / (now - since)
         left = max(0, total - self._done - self._failed)
-        return f"  {rate:.2f} img/s, ETA {left / rate:.0f} s" if rate > 0 else ""
+        return f"  {rate:.2f} img/s, ETA {left / rate:.0f} s"
 
     def _write(self, text: str) -> None:
         try:
