@@ -15,7 +15,14 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SIZES", "TinySize", "build_tiny_pipeline", "ensure_tiny_pipeline", "tiny_pipeline_path"]
+__all__ = [
+    "SIZES",
+    "TinySize",
+    "build_tiny_pipeline",
+    "ensure_tiny_pipeline",
+    "small_clip_text_encoder",
+    "tiny_pipeline_path",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,28 @@ def _tokenizer():  # noqa: ANN202 - transformers type, imported lazily
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
+def small_clip_text_encoder(vocab_size: int, hidden: int, layers: int, max_positions: int = 77):  # noqa: ANN201
+    """A small ``CLIPTextModel`` (4 heads, MLP twice as wide, token ids bos 0 / eos 1 / pad 1), random weights.
+
+    Shared by the tiny pipelines and the demo model's training script, so both encode prompts alike.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=max_positions,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+
+
 def build_tiny_pipeline(size: str = "tiny", seed: int = 0):  # noqa: ANN201 - diffusers type
     """Build a ``StableDiffusionPipeline`` of the given size with seeded random weights, on the CPU."""
     import torch
@@ -62,7 +91,6 @@ def build_tiny_pipeline(size: str = "tiny", seed: int = 0):  # noqa: ANN201 - di
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     spec = SIZES[size]
     torch.manual_seed(seed)
@@ -91,19 +119,7 @@ def build_tiny_pipeline(size: str = "tiny", seed: int = 0):  # noqa: ANN201 - di
         sample_size=spec.sample_size * 2 ** (m - 1),
     )
     tokenizer = _tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.cross_attention_dim,
-            intermediate_size=spec.cross_attention_dim * 2,
-            num_hidden_layers=spec.text_layers,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
+    text_encoder = small_clip_text_encoder(len(tokenizer), spec.cross_attention_dim, spec.text_layers)
     scheduler = DPMSolverMultistepScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nbdist.demo.data import PALETTE, SHAPES, Scene, caption, draw, random_scene, vocabulary
 from nbdist.demo.evaluate import accuracy_table
+from nbdist.tiny import small_clip_text_encoder
 
 MAX_TOKENS = 24  # longest caption is 14 tokens with its start/end tokens
 
@@ -96,7 +97,6 @@ def _merge(seq: list[str], pair: tuple[str, str]) -> list[str]:
 def build_models(tokenizer: Any) -> tuple[Any, Any, Any]:
     """The VAE, text encoder and UNet, with seeded random weights (sizes chosen for one CPU core)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     vae = AutoencoderKL(
         in_channels=3,
@@ -110,19 +110,7 @@ def build_models(tokenizer: Any) -> tuple[Any, Any, Any]:
         sample_size=64,
         mid_block_add_attention=False,  # flat shapes need no global attention; it would cost a third more time
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=MAX_TOKENS,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
+    text_encoder = small_clip_text_encoder(len(tokenizer), 64, 2, max_positions=MAX_TOKENS)
     unet = UNet2DConditionModel(
         sample_size=16,
         in_channels=4,

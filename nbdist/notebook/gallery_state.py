@@ -121,6 +121,7 @@ class GalleryState:
     queued_behind: int = field(init=False, default=0)  # runs ahead of this one on the warm workers
     _dirty: set[int] = field(init=False, default_factory=set)
     _by_index: dict[int, TileState] = field(init=False)
+    _steps_text: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.tiles = [
@@ -134,6 +135,8 @@ class GalleryState:
             for job in self.run.jobs
         ]
         self._by_index = {t.index: t for t in self.tiles}
+        steps = sorted({t.steps for t in self.tiles}) or [self.run.steps]  # once per run, not per header
+        self._steps_text = f"{steps[0]} steps" if len(steps) == 1 else f"{steps[0]}–{steps[-1]} steps"
         self.workers = {rank: WorkerState(rank) for rank in range(self.run.num_processes)}
         self.started = self.clock()
 
@@ -253,11 +256,9 @@ class GalleryState:
     def header(self) -> HeaderView:
         """The header lines for the current moment."""
         run = self.run
-        steps = sorted({t.steps for t in self.tiles}) or [run.steps]
-        steps_text = f"{steps[0]} steps" if len(steps) == 1 else f"{steps[0]}–{steps[-1]} steps"
         title = (
             f"{len(self.tiles)} images · {run.num_processes} worker(s) on {run.device_type} · "
-            f"{steps_text} · seed {run.seed} · {run.model}"
+            f"{self._steps_text} · seed {run.seed} · {run.model}"
         )
         total = len(self.tiles)
         fraction = self.steps_done / self.steps_total if self.steps_total else 1.0
