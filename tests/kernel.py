@@ -118,3 +118,9 @@ class Kernel:
         if ex.error:
             raise RuntimeError(f"{ex.error['ename']}: {ex.error['evalue']}")
         return ast.literal_eval(ex.stream("stdout").strip())
+
+
+def assert_usage_error(ex: Execution, message: str) -> None:
+    """The cell was refused as IPython shows a ``UsageError``: one line on stderr, naming ``message``."""
+    err = ex.stream("stderr").strip()
+    assert err.startswith("UsageError: ") and message in err and "\n" not in err, (ex.code, err)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kernel import Kernel
+from kernel import Kernel, assert_usage_error
 from test_faults import stderr_lines
 
 from nbdist.tiny_families import FAMILIES, ensure_family
@@ -118,9 +118,7 @@ def test_unused_settings_are_told_and_bad_ones_refused(kernel: Kernel) -> None:
         ("--param 'x=[1'", "not a Python literal"),
         ("--scheduler NoSuchScheduler", "choose one of"),
     ):
-        ex = kernel.execute(f"%%distgen --model {ensure_family('sd')} -n 2 {flags}\na")
-        err = ex.stream("stderr").strip()
-        assert err.startswith("UsageError: ") and message in err and "\n" not in err, (flags, err)
+        assert_usage_error(kernel.execute(f"%%distgen --model {ensure_family('sd')} -n 2 {flags}\na"), message)
 
 
 def test_nan_image_is_reported_not_drawn_black(kernel: Kernel) -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from kernel import Kernel
+from kernel import Kernel, assert_usage_error
 from PIL import Image
 
 from nbdist.jobs import make_jobs
@@ -75,9 +75,7 @@ def test_seed_range_and_bad_axes(kernel: Kernel, tiny_model: str) -> None:
         ("--sweep scheduler=Nope", "choose one of"),
         ("--sweep a=1 --sweep b=2 --sweep c=3 --sweep d=4", "at most 3 axes"),
     ):
-        ex = kernel.execute(f"%%distgen --model {tiny_model} -n 2 --steps 1 {flags}\na")
-        err = ex.stream("stderr").strip()
-        assert err.startswith("UsageError: ") and message in err and "\n" not in err, (flags, err)
+        assert_usage_error(kernel.execute(f"%%distgen --model {tiny_model} -n 2 --steps 1 {flags}\na"), message)
 
 
 def test_sweep_jobs_unit() -> None:
