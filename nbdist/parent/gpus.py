@@ -94,14 +94,23 @@ def _visible(gpus: list[Gpu], visible: str | None) -> list[Gpu]:
     chosen: list[Gpu] = []
     for entry in visible.split(","):
         entry = entry.strip()
-        match = [g for g in gpus if (entry.isdigit() and g.physical == int(entry)) or (
-            not entry.isdigit() and entry and g.uuid.startswith(entry if entry.startswith("GPU-") else f"GPU-{entry}")
-        )]
+        match = [
+            g
+            for g in gpus
+            if (entry.isdigit() and g.physical == int(entry))
+            or (
+                not entry.isdigit()
+                and entry
+                and g.uuid.startswith(entry if entry.startswith("GPU-") else f"GPU-{entry}")
+            )
+        ]
         if len(match) != 1 or match[0] in chosen:
             break
         chosen.append(match[0])
-    return [Gpu(i, g.physical, g.uuid, g.name, g.memory_total, g.memory_free, g.compute_cap, g.display_active)
-            for i, g in enumerate(chosen)]
+    return [
+        Gpu(i, g.physical, g.uuid, g.name, g.memory_total, g.memory_free, g.compute_cap, g.display_active)
+        for i, g in enumerate(chosen)
+    ]
 
 
 def query_gpus() -> GpuQuery:
