@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .demo import demo_model
-from .options import GenerateOptions, NbdistUsageError
-from .parent.api import generate, shutdown, status
-from .parent.results import GenerationResult, ImageRecord
-from .parent.run import RunHandle
+from .device_libraries import hide_in_parent
+
+hide_in_parent()  # before anything can import diffusers: see device_libraries.py
+
+from .demo import demo_model  # noqa: E402
+from .options import GenerateOptions, NbdistUsageError  # noqa: E402
+from .parent.api import generate, shutdown, status  # noqa: E402
+from .parent.results import GenerationResult, ImageRecord  # noqa: E402
+from .parent.run import RunHandle  # noqa: E402
 
 __all__ = [
     "GenerateOptions",

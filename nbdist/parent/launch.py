@@ -214,11 +214,39 @@ def _launch_one(function: Callable[..., Any], args: tuple[Any, ...], port: int) 
     elastic_launch(config=config, entrypoint=function)(*args)
 
 
+def _library_check_for_nbdist(original: Callable[..., list[str]]) -> Callable[..., list[str]]:
+    """accelerate's "device library imported?" check, as nbdist's launcher threads should see it.
+
+    ``notebook_launcher`` refuses to fork when ``bitsandbytes`` is a key of ``sys.modules``, as a
+    stand-in for "CUDA may be initialised". On nbdist's launcher threads that question was already
+    answered directly, before the fork (``parent/fork_safety.py``: torch's bad-fork probe and the
+    driver's list of CUDA contexts), so the stand-in is dropped there; and a ``None`` entry (nbdist's
+    "not importable here" marker, ``device_libraries.py``) is never an import, on any thread.
+    """
+
+    def check(*names: str) -> list[str]:
+        found = [n for n in original(*names) if sys.modules.get(n) is not None]
+        return [] if threading.get_ident() in _LAUNCHER_THREADS else found
+
+    check.nbdist_original = original  # type: ignore[attr-defined]
+    return check
+
+
+def _install_library_check() -> None:
+    import accelerate.launchers as launchers
+
+    current = launchers.are_libraries_initialized
+    if not hasattr(current, "nbdist_original"):
+        launchers.are_libraries_initialized = _library_check_for_nbdist(current)
+
+
 def _run_launcher(function: Callable[..., Any], args: tuple[Any, ...], n: int, port: int) -> None:
     if n == 1:
         _launch_one(function, args, port)
         return
     from accelerate import notebook_launcher
+
+    _install_library_check()
 
     notebook_launcher(function, args=args, num_processes=n, use_port=str(port), master_addr="127.0.0.1")
 

@@ -17,8 +17,10 @@ from typing import Any
 from ..call_settings import CallSettings, check_params, check_scheduler, resolve_call
 from ..jobs import ImageJob, make_jobs
 from ..options import GenerateOptions, NbdistUsageError
-from .devices import cpu_count, cuda_initialized, visible_gpu_count
+from .devices import GpuChoice, choose_gpus, cpu_count, visible_gpu_count
 from .dtypes import default_dtype, family_of
+from .fork_safety import check_fork_safe
+from .gpus import GpuQuery, query_gpus
 from .observer import RunInfo
 
 __all__ = ["Plan", "PoolKey", "make_options", "plan_run"]
@@ -41,6 +43,7 @@ class PoolKey:
     max_memory: str
     variant: str | None = None
     revision: str | None = None
+    cuda_visible: str | None = None  # the workers' CUDA_VISIBLE_DEVICES when narrowed to compute GPUs
 
     def difference(self, other: PoolKey) -> str:
         """What changed, for the one line that says why the workers are replaced."""
@@ -67,6 +70,7 @@ class Plan:
     info: RunInfo
     call: CallSettings
     notes: list[str]  # one line each, shown before the run (ignored settings, the dtype chosen)
+    cuda_visible: str | None = None  # set in each worker right after the fork (GPUs chosen); None: inherit
 
     @property
     def key(self) -> PoolKey:
@@ -84,6 +88,7 @@ class Plan:
             repr(o.max_memory),
             o.variant,
             o.revision,
+            cuda_visible=self.cuda_visible,
         )
 
 
@@ -104,21 +109,20 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
         options = options.with_(sweep=parse_sweep(options.sweep))  # values given in Python, checked like flags
     if not prompts:
         raise NbdistUsageError("no prompts: write one prompt per line in the cell")
-    if options.device != "cpu" and cuda_initialized():
-        raise NbdistUsageError(
-            "CUDA is already initialised in this kernel, so forked workers cannot use the GPU. "
-            "Restart the kernel and run %%distgen before any cell that touches the GPU "
-            "(.to('cuda'), torch.cuda calls, Accelerator(), importing bitsandbytes)."
-        )
+    if options.device != "cpu":
+        check_fork_safe()
     notes: list[str] = []
+    gpus = query_gpus() if options.device != "cpu" else GpuQuery()  # one nvidia-smi call per plan
+    cuda_visible = None
     if options.device_map is not None:
-        pipe, name, device_type, dtype, n = _plan_device_map(model_or_pipe, options)
+        pipe, name, device_type, dtype, n = _plan_device_map(model_or_pipe, options, gpus, notes)
         call = resolve_call(None, name, options)  # the kernel loads nothing: class defaults stay unknown
     else:
-        device_type = _device_type(options)
-        dtype, note = (options.dtype, None) if options.dtype else default_dtype(device_type, family_of(model_or_pipe))
-        notes += [note] if note else []
-        n = _num_processes(options, device_type)
+        device_type = _device_type(options, gpus)
+        choice = _num_processes(options, device_type, gpus)
+        n, cuda_visible = choice.count, choice.cuda_visible
+        dtype, note = _dtype(model_or_pipe, options, device_type, choice.gpus)
+        notes += [line for line in (choice.note, note) if line]
         pipe, name = _pipeline(model_or_pipe, dtype, options)
         call = _check_call(pipe, name, options)
         notes += call.notes
@@ -128,7 +132,14 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
     height, width = call.effective.get("height") or 512, call.effective.get("width") or 512
     info = RunInfo(jobs, options, name, seed, n, device_type, height, width, call)
     threads = _threads_per_worker(device_type, n)
-    return Plan(pipe, name, device_type, dtype, n, threads, options, jobs, info, call, notes)
+    return Plan(pipe, name, device_type, dtype, n, threads, options, jobs, info, call, notes, cuda_visible)
+
+
+def _dtype(model_or_pipe: Any, options: GenerateOptions, device_type: str, gpus: GpuQuery) -> tuple[str, str | None]:
+    """``--dtype``, else the one rule (``dtypes.default_dtype``) for this model's family on the workers' GPUs."""
+    if options.dtype:
+        return options.dtype, None
+    return default_dtype(device_type, family_of(model_or_pipe), gpus)
 
 
 def _check_call(pipe: Any, name: str, options: GenerateOptions) -> CallSettings:
@@ -181,8 +192,8 @@ def dispatch_order(plan: Plan) -> list[ImageJob]:
     return sorted(plan.jobs, key=lambda job: (-cost(job), job.index))
 
 
-def _device_type(options: GenerateOptions) -> str:
-    gpus = visible_gpu_count()
+def _device_type(options: GenerateOptions, query: GpuQuery) -> str:
+    gpus = visible_gpu_count(query)
     if options.device == "cuda" and gpus == 0:
         raise NbdistUsageError("--device cuda: no GPU is visible to this process")
     if options.device == "auto":
@@ -190,20 +201,17 @@ def _device_type(options: GenerateOptions) -> str:
     return options.device
 
 
-def _num_processes(options: GenerateOptions, device_type: str) -> int:
-    """``-n``, else one worker per visible GPU, else a CPU default that keeps the cores busy.
+def _num_processes(options: GenerateOptions, device_type: str, query: GpuQuery) -> GpuChoice:
+    """``-n``, else one worker per compute GPU (display GPUs left out), else a CPU default that keeps the cores busy.
 
     Never from the number of prompts: the warm workers stay across cells, and a default that followed
     the cell would replace them between a one-prompt cell and a twelve-prompt one.
     """
     if device_type == "cuda":
-        gpus = visible_gpu_count()
-        if options.num_processes is not None and options.num_processes > gpus:
-            raise NbdistUsageError(f"-n {options.num_processes}: only {gpus} GPU(s) visible")
-        return options.num_processes or gpus
+        return choose_gpus(options.num_processes, query)
     if options.num_processes is not None:
-        return options.num_processes
-    return max(1, min(cpu_count(), 4))
+        return GpuChoice(options.num_processes, GpuQuery())
+    return GpuChoice(max(1, min(cpu_count(), 4)), GpuQuery())
 
 
 def _threads_per_worker(device_type: str, n: int) -> int:
@@ -237,7 +245,9 @@ def _pipeline(model_or_pipe: Any, dtype: str, options: GenerateOptions) -> tuple
     return model_or_pipe, str(name)
 
 
-def _plan_device_map(model_or_pipe: Any, options: GenerateOptions) -> tuple[Any, str, str, str, int]:
+def _plan_device_map(
+    model_or_pipe: Any, options: GenerateOptions, gpus: GpuQuery, notes: list[str]
+) -> tuple[Any, str, str, str, int]:
     """``--device-map balanced``: one worker loads the model across the GPUs; the kernel loads nothing.
 
     Loading here would put a model meant for several GPUs into the kernel's memory, and placing it
@@ -245,7 +255,7 @@ def _plan_device_map(model_or_pipe: Any, options: GenerateOptions) -> tuple[Any,
     """
     from ..placement import check_placement
 
-    check_placement(options, visible_gpu_count())
+    check_placement(options, visible_gpu_count(gpus))
     if not isinstance(model_or_pipe, str | os.PathLike):
         raise NbdistUsageError(
             "--device-map balanced loads the model itself with from_pretrained: give --model ID_OR_PATH, "
@@ -256,4 +266,6 @@ def _plan_device_map(model_or_pipe: Any, options: GenerateOptions) -> tuple[Any,
     model = os.fspath(model_or_pipe)
     if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
         raise NbdistUsageError(f"model folder {model!r} does not exist")
-    return None, model, "cuda", options.dtype or "float16", 1
+    dtype, note = _dtype(model, options, "cuda", gpus)  # the model spreads over every visible GPU
+    notes += [note] if note else []
+    return None, model, "cuda", dtype, 1

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..device_libraries import restore_in_worker
 from ..messages import WorkerStarted
 from ..spec import WorkerSetup
 from .quiet import redirect_output, silence_libraries
@@ -40,8 +41,11 @@ class ReadyWorker:
 
 def begin(setup: WorkerSetup) -> int:
     """First thing in a worker: output to its log file, libraries quiet, thread count set; returns the rank."""
+    if setup.cuda_visible is not None:  # the GPUs the plan chose; CUDA reads this at its first use, not before
+        os.environ["CUDA_VISIBLE_DEVICES"] = setup.cuda_visible
     import torch
 
+    restore_in_worker()  # bitsandbytes & co., kept out of the kernel, are this worker's to import
     rank = int(os.environ.get("RANK", "0"))
     redirect_output(os.path.join(setup.log_dir, f"worker-{rank}.log"))
     silence_libraries()

@@ -1,0 +1,61 @@
+"""Refuse to fork GPU workers from a kernel that already holds a CUDA context, and say who made it.
+
+A forked child cannot use CUDA once its parent initialised it ("Cannot re-initialize CUDA in forked
+subprocess"): every worker would fail after the fork, each with its own traceback. Two signals, both
+read without touching CUDA here:
+
+- torch's own: ``torch.cuda.is_initialized()``, then its bad-fork flag asked in a throwaway child
+  (``devices.cuda_initialized``), which also sees initialisations torch's flag misses;
+- the driver's: this process among ``nvidia-smi --query-compute-apps=pid``, which sees a context made
+  by anything (TensorFlow, JAX, CuPy, Numba, bitsandbytes, a user's ``.cuda()``). In a container with
+  its own pid namespace the driver may report host pids; then this signal says nothing (never wrong).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..options import NbdistUsageError
+from .devices import cuda_initialized
+from .gpus import compute_apps
+
+__all__ = ["check_fork_safe", "cuda_context_cause"]
+
+# Modules whose presence makes them a likely maker of the context, and how to name them to a user.
+_SUSPECTS = {
+    "bitsandbytes": "bitsandbytes (imported by diffusers/transformers/peft before nbdist)",
+    "tensorflow": "TensorFlow",
+    "jax": "JAX",
+    "cupy": "CuPy",
+    "numba.cuda": "Numba",
+    "pycuda": "PyCUDA",
+}
+
+
+def _suspects() -> list[str]:
+    return [label for module, label in _SUSPECTS.items() if sys.modules.get(module) is not None]
+
+
+def cuda_context_cause() -> str | None:
+    """Why this process has a CUDA context (a short phrase), or None if it has none."""
+    if cuda_initialized():
+        suspects = _suspects()
+        return f"by {', '.join(suspects)}" if suspects else "by torch (a .cuda(), .to('cuda') or torch.cuda call)"
+    apps = compute_apps()
+    if apps is not None and os.getpid() in apps:
+        suspects = _suspects()
+        return f"by {', '.join(suspects)}" if suspects else "by a library in this kernel (the driver lists its pid)"
+    return None
+
+
+def check_fork_safe() -> None:
+    """Raise ``NbdistUsageError`` (one line, the cause and the fix) if GPU workers cannot be forked from here."""
+    cause = cuda_context_cause()
+    if cause is None:
+        return
+    raise NbdistUsageError(
+        f"CUDA is already initialised in this kernel ({cause}), so forked workers cannot use the GPU. "
+        "Restart the kernel and run %load_ext nbdist (or import nbdist) first, before any cell that touches the "
+        "GPU; keep GPU work in the kernel out of it, or pass --device cpu"
+    )
