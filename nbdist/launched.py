@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 from .jobs import ImageJob, make_jobs
 from .options import GenerateOptions, NbdistUsageError
+from .parent.gpus import GpuQuery
 from .sweep import parse_sweep
 
 __all__ = ["LaunchEnv", "launched", "run_launched"]
@@ -74,6 +75,7 @@ def launched(env: dict[str, str] | None = None) -> LaunchEnv | None:
 def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: LaunchEnv) -> tuple[str, str]:
     """Everything checkable before the process group forms; identical on every rank. Returns (device, dtype)."""
     from .parent.devices import visible_gpu_count
+    from .parent.gpus import query_gpus
     from .pipelines import looks_like_path
     from .placement import check_placement
 
@@ -89,7 +91,8 @@ def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: La
             f"-n {options.num_processes}: {env.launcher} started {env.world_size} process(es); "
             "set the number with the launcher (--nproc_per_node / --num_processes) and drop -n"
         )
-    gpus = visible_gpu_count()
+    query = query_gpus()
+    gpus = visible_gpu_count(query)
     check_placement(options, gpus, launched_processes=env.world_size)
     if options.device == "cuda" and gpus == 0:
         raise NbdistUsageError("--device cuda: no GPU is visible to this process")
@@ -101,7 +104,24 @@ def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: La
     scale = _vae_scale_factor(model)
     if scale:
         options.check_size(scale)
-    return device_type, options.dtype or ("float16" if device_type == "cuda" else "float32")
+    return device_type, _dtype(model, options, device_type, query, env)
+
+
+def _dtype(model: str, options: GenerateOptions, device_type: str, query: GpuQuery, env: LaunchEnv) -> str:
+    """``--dtype``, else the notebook's rule (``default_dtype``) for this family on this node's GPUs; rank 0 says why.
+
+    Each process of a node uses CUDA device ``local_rank`` (or all of them with ``--device-map``),
+    so the GPUs that count are the first ``local_world_size`` visible ones.
+    """
+    from .parent.dtypes import default_dtype, family_of
+
+    if options.dtype:
+        return options.dtype
+    used = query if options.device_map else GpuQuery(query.gpus[: env.local_world_size], query.problem)
+    dtype, note = default_dtype(device_type, family_of(model), used)
+    if note and env.rank == 0:
+        print(note, file=sys.stderr, flush=True)
+    return dtype
 
 
 def _read_config(model: str, part: str) -> dict[str, Any]:

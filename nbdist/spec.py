@@ -33,6 +33,9 @@ class WorkerSetup:
     options: GenerateOptions  # the loading options (allow_pickle, device_map, max_memory, thumbnail_size)
     pipeline: Any = None  # a diffusers pipeline loaded in the parent, or None to load ``model``
     model: str | None = None
+    # CUDA_VISIBLE_DEVICES for the worker, set in ``begin`` right after the fork (safe only because the
+    # kernel never starts CUDA): the compute GPUs the plan chose, so rank r lands on the r-th of them.
+    cuda_visible: str | None = None
 
 
 @dataclass

@@ -1,22 +1,22 @@
 """The default weights dtype per pipeline family and device, chosen without touching CUDA.
 
 On GPUs the transformer families (Flux, SD3, PixArt, Sana) overflow in float16 and decode to black
-squares, so they get bfloat16, but only where every visible GPU computes it natively (compute
+squares, so they get bfloat16, but only where every GPU the workers use computes it natively (compute
 capability 8.0 and up: a T4 or V100 does not); the UNet families keep float16. The capability comes
-from ``nvidia-smi``, never from ``torch.cuda`` (which would initialise CUDA in the kernel and break
-every later fork). On the CPU everything is float32.
+from ``nvidia-smi`` (``gpus.query_gpus``: ``CUDA_VISIBLE_DEVICES`` honoured), never from ``torch.cuda``
+(which would initialise CUDA in the kernel and break every later fork); when it cannot be known (no
+nvidia-smi, one too old) the note says so. On the CPU everything is float32.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-from functools import lru_cache
 from typing import Any
 
-__all__ = ["BF16_FAMILIES", "default_dtype", "family_of", "gpus_have_bfloat16"]
+from .gpus import GpuQuery, query_gpus
+
+__all__ = ["BF16_FAMILIES", "bfloat16_support", "default_dtype", "family_of"]
 
 BF16_FAMILIES = ("Flux", "StableDiffusion3", "PixArt", "Sana")
 
@@ -41,30 +41,36 @@ def family_of(model_or_pipe: Any) -> str | None:
     return None
 
 
-@lru_cache(maxsize=1)
-def gpus_have_bfloat16() -> bool:
-    """Every visible GPU has compute capability >= 8.0 (asked of nvidia-smi; False if it cannot say)."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return False
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
-        ).stdout
-        caps = [float(line) for line in out.split() if line.strip()]
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return False
-    return bool(caps) and min(caps) >= 8.0
+def bfloat16_support(gpus: GpuQuery) -> tuple[bool | None, str]:
+    """Whether every GPU in ``gpus`` computes bfloat16 natively (True, False, None: cannot tell), and why not.
+
+    "Cannot tell" is kept apart from "no": on a T4 float16 is the only fast choice, while an old
+    driver hides the capability of GPUs that may well have bfloat16, and the note must say which.
+    """
+    if not gpus.gpus:
+        return None, gpus.problem or "nvidia-smi listed no GPU, so their compute capability is unknown"
+    if any(g.compute_cap is None for g in gpus.gpus):
+        return None, gpus.problem or "nvidia-smi did not report compute capability"
+    for gpu in gpus.gpus:
+        if gpu.compute_cap is not None and gpu.compute_cap < 8.0:
+            return False, f"GPU {gpu.index}, {gpu.name}, compute capability {gpu.compute_cap:g}, lacks bfloat16"
+    return True, ""
 
 
-def default_dtype(device_type: str, family: str | None) -> tuple[str, str | None]:
-    """(dtype, a note to show or None) for a run without ``--dtype``."""
+def default_dtype(device_type: str, family: str | None, gpus: GpuQuery | None = None) -> tuple[str, str | None]:
+    """(dtype, a note to show or None) for a run without ``--dtype``: the one rule of every path.
+
+    The notebook, ``--device-map`` and the CLI under a launcher all call this, so a model gets the same
+    dtype however it is run. ``gpus`` are the GPUs the workers will use (None: every visible one).
+    """
     if device_type != "cuda":
         return "float32", None
-    if family is not None and family.startswith(BF16_FAMILIES):
-        if gpus_have_bfloat16():
-            return "bfloat16", None
-        return "float16", (
-            f"nbdist: {family} in float16 (these GPUs lack bfloat16); if images come out black, use --dtype float32"
-        )
-    return "float16", None
+    if family is None or not family.startswith(BF16_FAMILIES):
+        return "float16", None
+    support, why = bfloat16_support(gpus if gpus is not None else query_gpus())
+    short = family.removesuffix("Pipeline")
+    if support:
+        return "bfloat16", None
+    if support is False:
+        return "float16", f"nbdist: {short} in float16 ({why}); if images come out black, use --dtype float32"
+    return "float16", f"nbdist: {why}: {short} in float16; pass --dtype bfloat16 if your GPUs support it"

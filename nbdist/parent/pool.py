@@ -221,7 +221,14 @@ class WorkerPool:
 
     def _start_group(self, plan: Plan) -> None:
         group = WorkerGroup(
-            plan.pipe, plan.name, plan.device_type, plan.dtype, plan.num_processes, plan.threads, plan.options
+            plan.pipe,
+            plan.name,
+            plan.device_type,
+            plan.dtype,
+            plan.num_processes,
+            plan.threads,
+            plan.options,
+            cuda_visible=plan.cuda_visible,
         )
         self._group_print = fingerprint(plan.pipe) if plan.pipe is not None else {}
         group.start()

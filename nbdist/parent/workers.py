@@ -37,6 +37,7 @@ class WorkerGroup:
         num_processes: int,
         threads: int,
         options: GenerateOptions,
+        cuda_visible: str | None = None,
     ) -> None:
         ctx = multiprocessing.get_context("fork")
         self.num_processes = num_processes
@@ -49,6 +50,7 @@ class WorkerGroup:
             options=options,
             pipeline=pipe,
             model=model,
+            cuda_visible=cuda_visible,
             inboxes=[ctx.SimpleQueue() for _ in range(num_processes)],
             cancel=ctx.Value("q", -1, lock=False),
             next_job=ctx.Value("q", 0),
