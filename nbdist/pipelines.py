@@ -78,8 +78,8 @@ def load_pipeline(
     """``DiffusionPipeline.from_pretrained`` with nbdist's rules and short errors.
 
     safetensors only unless ``allow_pickle`` (pickle files can run code when loaded). A missing local
-    folder and an unreachable hub id become ``NbdistUsageError`` with a hint, not a page of
-    ``huggingface_hub`` traceback.
+    folder and a hub id that cannot be had (gated, unknown, offline, ...) become a one-line
+    ``NbdistUsageError`` naming the cause and the fix, not a page of ``huggingface_hub`` traceback.
     """
     expanded = os.path.expanduser(model)
     if looks_like_path(model) and not os.path.isdir(expanded):
@@ -101,25 +101,43 @@ def load_pipeline(
             kwargs["revision"] = revision
         try:
             return DiffusionPipeline.from_pretrained(expanded if os.path.isdir(expanded) else model, **kwargs)
-        except OSError as exc:
-            if os.path.isdir(expanded) and not allow_pickle and "safetensors" in str(exc):
-                raise NbdistUsageError(
-                    f"{model!r} has no safetensors weights for every component; pass --allow-pickle to load its "
-                    "pickle files (only for a model you trust: pickle can run code)"
-                ) from exc
-            if os.path.isdir(expanded):
-                raise NbdistUsageError(f"could not load the model in {model!r}: {exc}") from exc
-            raise NbdistUsageError(
-                f"could not get {model!r} from the model hub (offline, or no such model?). "
-                "Pass a local folder saved with save_pretrained, e.g. --model ./my-sd-model"
-            ) from exc
-        except ValueError as exc:
-            if "safetensors" in str(exc).lower():
-                raise NbdistUsageError(
-                    f"{model!r} has no safetensors weights; pass --allow-pickle to load its pickle files "
-                    "(only for a model you trust: pickle can run code)"
-                ) from exc
-            raise
+        except Exception as exc:  # OSError, ValueError, or a transport error mid-download
+            error = _load_error(model, exc, os.path.isdir(expanded), allow_pickle, variant, revision)
+            if error is None:
+                raise
+            raise error from exc
+
+
+_PICKLE_HINT = "pass --allow-pickle to load its pickle files (only for a model you trust: pickle can run code)"
+
+
+def _load_error(
+    model: str, exc: Exception, local: bool, allow_pickle: bool, variant: str | None, revision: str | None
+) -> NbdistUsageError | None:
+    """The one line to show for a failed ``from_pretrained``, or None to let ``exc`` through as it is.
+
+    A hub id's cause is looked for first (gated, wrong id or revision, offline, full disk, missing
+    variant: ``load_errors``); then the safetensors refusal; a local folder's own error is shown as is.
+    """
+    from .load_errors import explain_load_error
+
+    explained = explain_load_error(model, exc, variant=variant, revision=revision)
+    if explained is not None and (not local or isinstance(exc, ValueError)):
+        return explained
+    text = str(exc)
+    if isinstance(exc, OSError):
+        if not allow_pickle and ("safetensors" in text if local else "`safetensors` weights" in text):
+            return NbdistUsageError(f"{model!r} has no safetensors weights for every component; {_PICKLE_HINT}")
+        if local:
+            return NbdistUsageError(f"could not load the model in {model!r}: {text}")
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return NbdistUsageError(
+            f"could not get {model!r} from the model hub ({first}); "
+            "pass a local folder saved with save_pretrained, e.g. --model ./my-sd-model"
+        )
+    if isinstance(exc, ValueError) and "safetensors" in text.lower():
+        return NbdistUsageError(f"{model!r} has no safetensors weights; {_PICKLE_HINT}")
+    return None
 
 
 def cached_pipeline(

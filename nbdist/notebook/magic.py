@@ -17,7 +17,7 @@ from ..arguments import magic_decorators, options_from_args
 from ..options import NbdistUsageError
 from ..parent.api import generate, shutdown, status
 from ..parent.pool import the_pool
-from ..parent.report import end_lines
+from ..parent.report import end_lines, setup_refusal
 from ..parent.results import GenerationResult
 from ..parent.terminal import TerminalProgress
 from .gallery import Gallery
@@ -113,6 +113,9 @@ class DistgenMagics(Magics):
             if args.out:
                 ns[args.out] = result
             return None
+        refusal = setup_refusal(result)
+        if refusal is not None:  # the workers' own load failed (--device-map): the line a kernel load shows
+            raise UsageError(refusal)
         if result.device_map:
             print(f"hf_device_map: {result.device_map}")  # where --device-map balanced put each component
         if args.out:

@@ -10,10 +10,25 @@ from collections import defaultdict
 
 from .results import GenerationResult
 
-__all__ = ["end_lines"]
+__all__ = ["end_lines", "setup_refusal"]
 
 _MAX_INDICES = 4
 _MAX_LINES = 8
+# How a worker's WorkerFinished names an NbdistUsageError (f"{type}: {message}"): a load refused with a
+# one-line cause and fix (gated model, unknown id, offline, ...), the same line the kernel would show.
+_USAGE_PREFIX = "NbdistUsageError: "
+
+
+def setup_refusal(result: GenerationResult) -> str | None:
+    """The one-line reason when the workers refused to get ready (e.g. their ``--device-map`` load failed)
+    and nothing was made: the magic shows it as the ``UsageError`` a load in the kernel would have raised."""
+    if any(r.ok for r in result.records):
+        return None
+    return next((f.error[len(_USAGE_PREFIX) :] for f in result.worker_failures if _is_refusal(f.error)), None)
+
+
+def _is_refusal(error: str) -> bool:
+    return error.startswith(_USAGE_PREFIX) and "\n" not in error.strip()
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -63,7 +78,8 @@ def end_lines(result: GenerationResult, name: str | None = None) -> list[str]:
         ]
         for failure in failures:
             who = "launcher" if failure.rank < 0 else f"worker {failure.rank}"
-            rows.append(f"  [{who}] {_short(failure.error, 100)}")
+            text = failure.error[len(_USAGE_PREFIX) :] if _is_refusal(failure.error) else _short(failure.error, 100)
+            rows.append(f"  [{who}] {text}")  # a refusal's fix is at its end: never cut
         if len(rows) > _MAX_LINES:
             rows = [*rows[: _MAX_LINES - 1], f"  … and {len(rows) - _MAX_LINES + 1} more"]
         lines.extend(rows)
