@@ -17,6 +17,7 @@ _MAX_LINES = 8
 # How a worker's WorkerFinished names an NbdistUsageError (f"{type}: {message}"): a load refused with a
 # one-line cause and fix (gated model, unknown id, offline, ...), the same line the kernel would show.
 _USAGE_PREFIX = "NbdistUsageError: "
+_WHOLE = ("out of GPU memory",)  # image errors that end with their fix (worker/making.py): never cut
 
 
 def setup_refusal(result: GenerationResult) -> str | None:
@@ -73,7 +74,7 @@ def end_lines(result: GenerationResult, name: str | None = None) -> list[str]:
             where = f"worker output: {var}.logs"
         lines.append(f"nbdist: {', '.join(counts)}; {where}")
         rows = [
-            f"  [worker {rank}] {_short(error, 80)}: {_images(indices, prompts)}"
+            f"  [worker {rank}] {error if error.startswith(_WHOLE) else _short(error, 80)}: {_images(indices, prompts)}"
             for (rank, error), indices in by_error.items()
         ]
         for failure in failures:

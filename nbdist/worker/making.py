@@ -7,18 +7,23 @@ A cancelled run stops within one denoising step, and the image that was being ma
 
 from __future__ import annotations
 
+import gc
+import re
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..call_settings import CallSettings
 from ..jobs import ImageJob
 from ..messages import ImageFailed, StepProgress
-from .generation import RunCancelled, run_batch
+from .generation import Made, RunCancelled, run_batch
 from .outbox import Outbox
 
-__all__ = ["batches", "make_images", "static_share"]
+__all__ = ["OUT_OF_MEMORY", "batches", "make_images", "static_share"]
+
+OUT_OF_MEMORY = "out of GPU memory"  # how an image that does not fit even alone is reported
 
 
 def static_share(state: Any, jobs: Sequence[ImageJob]) -> list[ImageJob]:
@@ -79,30 +84,105 @@ def _run_and_send(
     outbox: Outbox,
     should_stop: Callable[[], bool] | None,
 ) -> None:
-    """Generate a batch; if it raises, retry its images one by one so only the bad ones fail."""
+    """Generate a batch; if it raises, free what it held, then retry its images one by one so only the bad fail.
+
+    The retry runs here, after ``_attempt`` has returned, never inside its ``except`` block: there the
+    exception's traceback would keep every frame of the failed call alive, and with them the batch's
+    activations, which is exactly the memory a retry after an out-of-memory error needs.
+    """
     rank, device = worker.rank, worker.device
-    indices = tuple(job.index for job in batch)
-
-    def on_step(step: int, total: int) -> None:
-        outbox.send(StepProgress(rank, indices, step, total))
-
     start = time.perf_counter()
-    try:
-        if batch[0].params or call.scheduler is not None:
-            worker.use_scheduler(batch[0].settings.get("scheduler", call.scheduler))
-        images = run_batch(worker.pipe, batch, call, on_step, should_stop)
-    except RunCancelled:
-        raise
-    except Exception as exc:
+    outcome = _attempt(worker, batch, call, outbox, should_stop)
+    if isinstance(outcome, _Failure):
+        _free_memory(device)
         if len(batch) > 1:
             for job in batch:
                 _run_and_send(worker, [job], call, outbox, should_stop)
             return
-        outbox.send(ImageFailed(batch[0].index, rank, device, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        outbox.send(ImageFailed(batch[0].index, rank, device, outcome.error, outcome.traceback))
         return
     seconds = (time.perf_counter() - start) / len(batch)
-    for job, made in zip(batch, images, strict=True):
+    for job, made in zip(batch, outcome, strict=True):
         if made.image is None:
             outbox.send(ImageFailed(job.index, rank, device, made.error or "no image", ""))
         else:
             outbox.send_image(job.index, rank, device, seconds, made.image, made.note)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A failed pipeline call kept as text: the exception itself would pin its traceback's frames."""
+
+    error: str
+    traceback: str
+
+
+def _attempt(
+    worker: Any,
+    batch: list[ImageJob],
+    call: CallSettings,
+    outbox: Outbox,
+    should_stop: Callable[[], bool] | None,
+) -> list[Made] | _Failure:
+    """One pipeline call for ``batch``: its images, or its failure with the exception already let go."""
+    rank, indices = worker.rank, tuple(job.index for job in batch)
+
+    def on_step(step: int, total: int) -> None:
+        outbox.send(StepProgress(rank, indices, step, total))
+
+    try:
+        if batch[0].params or call.scheduler is not None:
+            worker.use_scheduler(batch[0].settings.get("scheduler", call.scheduler))
+        return run_batch(worker.pipe, batch, call, on_step, should_stop)
+    except RunCancelled:
+        raise
+    except Exception as exc:
+        failure = _Failure(_describe(exc, len(batch)), traceback.format_exc())
+        _let_go(exc)
+        return failure  # leaving the block unbinds ``exc``: nothing refers to the failed call's frames now
+
+
+def _describe(exc: Exception, batch_size: int) -> str:
+    """The error line; out of memory for a single image gets the flags that make it fit."""
+    import torch
+
+    # torch.cuda's name for torch.OutOfMemoryError (top-level only since torch 2.5); no CUDA call is made
+    if isinstance(exc, torch.cuda.OutOfMemoryError) and batch_size == 1:
+        asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(exc))
+        tried = f" (tried to allocate {asked.group(1)})" if asked else ""
+        return (
+            f"{OUT_OF_MEMORY}{tried}: lower --batch-size or --height/--width, or add --offload model or --quantize nf4"
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _let_go(exc: BaseException) -> None:
+    """Clear the locals of the failed call's frames and cut every traceback of the chain.
+
+    Unbinding ``exc`` is not always enough: a frame caught in a reference cycle (an exception kept in a
+    local, a callback holding its pipeline) would keep its tensors until the garbage collector ran. Only
+    ``exc``'s own frames are cleared: they all ended when it propagated (``_attempt``'s own, still
+    running, is skipped by ``clear_frames``), while an earlier exception in the chain may have been
+    caught by a generator that is still alive.
+    """
+    traceback.clear_frames(exc.__traceback__)
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) not in seen:
+            seen.add(id(current))
+            current.__traceback__ = None
+            todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+
+
+def _free_memory(device: str) -> None:
+    """Return the failed call's memory before the retry: collect what cycles still hold, then give the
+    CUDA caching allocator's free blocks back. Never on a CPU worker (no CUDA context is made there)."""
+    gc.collect()
+    if device == "cpu":
+        return
+    import torch
+
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -1,0 +1,124 @@
+"""Out of memory in a batch: the memory is freed first, then the images are retried one by one (issue 17, item 6).
+
+The pipeline is the real tiny Stable Diffusion pipeline; only its UNet is made to run out of memory, by
+a forward pre-hook that raises ``torch.OutOfMemoryError`` (as the CUDA allocator does) when the UNet is
+given more than ``limit`` latents. With classifier-free guidance one image is 2 latents, so ``limit=2``
+lets a batch of one through and stops a batch of two. Workers are forked, so the hook travels with the
+pipeline.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import weakref
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import nbdist
+from nbdist.call_settings import resolve_call
+from nbdist.jobs import make_jobs
+from nbdist.messages import ImageFailed, ImageReady
+from nbdist.options import GenerateOptions
+from nbdist.parent.report import end_lines
+from nbdist.pipelines import load_pipeline
+from nbdist.worker.making import batches, make_images
+from nbdist.worker.outbox import Outbox
+from nbdist.worker.setup import ReadyWorker
+
+PROMPTS = ["a dog", "a cat", "a lighthouse"]
+STEPS = 2
+GUIDANCE = 7.5  # > 1: classifier-free guidance, two latents per image
+FIX = "lower --batch-size or --height/--width, or add --offload model or --quantize nf4"
+
+
+class UNetCalls:
+    """What the UNet saw: per call, the batch it got and whether an exception was being handled; and
+    weak references to the activations of the calls that ran out of memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.calls: list[tuple[int, type[BaseException] | None, bool]] = []  # (latents, exc_info type, freed)
+        self.failed_activations: list[weakref.ref[torch.Tensor]] = []
+
+    def __call__(self, module: Any, args: tuple[Any, ...]) -> None:
+        latents = int(args[0].shape[0])
+        freed = all(ref() is None for ref in self.failed_activations)
+        self.calls.append((latents, sys.exc_info()[0], freed))
+        if latents > self.limit:
+            activations = torch.ones(latents, 64, 64)  # what a real forward holds when it runs out of memory
+            self.failed_activations.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 23.64 GiB"
+            )
+
+
+def oom_pipe(tiny_model: str, limit: int) -> tuple[Any, UNetCalls]:
+    """A fresh copy of the tiny pipeline whose UNet runs out of memory above ``limit`` latents."""
+    pipe = load_pipeline(tiny_model, "float32")
+    pipe.set_progress_bar_config(disable=True)
+    calls = UNetCalls(limit)
+    pipe.unet.register_forward_pre_hook(calls)
+    return pipe, calls
+
+
+def reference(pipe: Any, prompt: str, seed: int) -> np.ndarray:
+    image = pipe(
+        prompt,
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        generator=torch.Generator("cpu").manual_seed(seed),
+    ).images[0]
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_a_batch_out_of_memory_is_retried_one_by_one(tiny_model: str, tiny_pipe: Any) -> None:
+    pipe, _ = oom_pipe(tiny_model, limit=2)
+    result = nbdist.generate(
+        pipe, PROMPTS, batch_size=2, steps=STEPS, guidance=GUIDANCE, seed=0, num_processes=1, device="cpu"
+    )
+    assert result.complete and not result.errors, (result.summary(), [r.error for r in result.errors])
+    assert [r.index for r in result] == [0, 1, 2]
+    for record in result:
+        made = np.asarray(record.image, dtype=np.int16)
+        assert np.abs(made - reference(tiny_pipe, record.prompt, record.seed)).max() <= 2, record.index
+
+
+def test_out_of_memory_for_one_image_says_so_with_the_fix(tiny_model: str) -> None:
+    pipe, _ = oom_pipe(tiny_model, limit=0)
+    result = nbdist.generate(
+        pipe, PROMPTS[:2], batch_size=2, steps=STEPS, guidance=GUIDANCE, num_processes=1, device="cpu"
+    )
+    expected = f"out of GPU memory (tried to allocate 2.00 GiB): {FIX}"
+    assert [r.error for r in result.errors] == [expected, expected], result.summary()
+    assert "torch.OutOfMemoryError" in result.errors[0].traceback  # the full story stays one attribute away
+    shown = end_lines(result)
+    assert any(line.startswith(f"  [worker 0] {expected}: #0 ") for line in shown), shown  # not cut short
+
+
+@pytest.fixture
+def unit(tiny_model: str) -> tuple[Any, UNetCalls, Any]:
+    """``make_images`` in this process on a CPU worker, batches of two, the outbox into a plain queue."""
+    pipe, calls = oom_pipe(tiny_model, limit=2)
+    options = GenerateOptions(steps=STEPS, guidance=GUIDANCE, batch_size=2)
+    worker = ReadyWorker(state=None, pipe=pipe, rank=0, device="cpu")
+    sent: queue.Queue[Any] = queue.Queue()
+    outbox = Outbox(sent, thumbnail_size=32)
+    jobs = make_jobs(PROMPTS[:2], 1, 0)
+    assert make_images(worker, batches(jobs, 2), resolve_call(pipe, tiny_model, options), outbox)
+    outbox.close()
+    return pipe, calls, [sent.get_nowait() for _ in range(sent.qsize())]
+
+
+def test_the_retry_runs_after_the_except_block_with_the_activations_freed(unit: tuple[Any, UNetCalls, Any]) -> None:
+    _, calls, messages = unit
+    first, *retried = calls.calls
+    assert first == (4, None, True)  # the batch of two, guided: 4 latents, and it ran out of memory
+    assert len(retried) == 2 * STEPS and all(latents == 2 for latents, _, _ in retried)
+    assert all(handling is None for _, handling, _ in retried), calls.calls  # not inside an except block
+    assert all(freed for _, _, freed in retried), "the failed batch's activations were still alive"
+    made = [m for m in messages if isinstance(m, ImageReady)]
+    assert sorted(m.index for m in made) == [0, 1] and not any(isinstance(m, ImageFailed) for m in messages)
