@@ -141,7 +141,9 @@ def ensure_sd15_pipeline(path: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
     try:
         pipe = build_sd15_pipeline()
-        pipe.to(torch_dtype=torch.float16)
+        pipe.to(torch.float16)  # positional: diffusers 0.42 ignores a torch_dtype= keyword here
+        if pipe.unet.dtype != torch.float16:
+            raise RuntimeError(f"the pipeline stayed in {pipe.unet.dtype}; it must be saved in float16")
         pipe.save_pretrained(tmp, safe_serialization=True)
         del pipe
         os.rename(tmp, path)
@@ -269,7 +271,7 @@ from diffusers import StableDiffusionPipeline
 a = json.loads(sys.argv[1])
 dtype = torch.float16 if a["device"] == "cuda" else torch.float32
 t = time.perf_counter()
-pipe = StableDiffusionPipeline.from_pretrained(a["model"], torch_dtype=dtype).to(a["device"])
+pipe = StableDiffusionPipeline.from_pretrained(a["model"], dtype=dtype).to(a["device"])
 pipe.set_progress_bar_config(disable=True)
 load = time.perf_counter() - t
 size = {"height": a["size"], "width": a["size"]} if a["size"] else {}
