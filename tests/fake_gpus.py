@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-_SCRIPT = r'''#!{python}
+_SCRIPT = r"""#!{python}
 import json, sys
 spec = json.load(open({spec_path!r}))
 args = sys.argv[1:]
@@ -42,12 +42,13 @@ if query.startswith("--query-gpu="):
             "memory.total": str(total), "memory.free": str(int(g.get("free_gb", g.get("memory_gb", 24)) * 1024)),
             "compute_cap": str(g.get("compute_cap", 8.9)),
             "display_active": "Enabled" if g.get("display") else "Disabled",
+            "count": str(len(spec["gpus"])),  # accelerate's notebook_launcher asks for count,name
         }}
         print(", ".join(values[f] for f in fields))
     sys.exit(0)
 print("unsupported fake nvidia-smi call: " + " ".join(args), file=sys.stderr)
 sys.exit(1)
-'''
+"""
 
 
 def fake_gpus(folder: Path, gpus: list[dict[str, Any]], **extra: Any) -> Path:
