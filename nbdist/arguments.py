@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .options import DEVICES, DTYPES, SCHEDULES, GenerateOptions, NbdistUsageError
-from .placement import DEVICE_MAPS
+from .placement import DEVICE_MAPS, OFFLOADS, QUANTIZE
 from .sweep import parse_sweep
 
 __all__ = ["OPTION_ARGUMENTS", "Argument", "add_to_parser", "magic_decorators", "options_from_args"]
@@ -59,6 +59,27 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
             "help": "with --device-map: memory each device may hold, e.g. 0=10GiB,1=10GiB,cpu=30GiB "
             "(a device left out is not used)",
         },
+    ),
+    Argument(
+        ("--offload",),
+        {
+            "choices": OFFLOADS,
+            "help": "keep the weights in host RAM, each worker moving to its GPU only what runs now: model "
+            "(one component at a time; a little slower) or sequential (one layer at a time; much slower, least "
+            "GPU memory)",
+        },
+    ),
+    Argument(
+        ("--quantize",),
+        {
+            "choices": QUANTIZE,
+            "help": "load the denoiser and the T5/LLM text encoders quantized, in the workers: nf4 (4-bit, "
+            "~0.28x of bf16) or int8 (~0.53x) with bitsandbytes, torchao-int8wo with torchao",
+        },
+    ),
+    Argument(
+        ("--vae-tiling",),
+        {"action": "store_true", "help": "decode the image in tiles (vae.enable_tiling()): big images, less memory"},
     ),
     Argument(
         ("--steps",),

@@ -104,7 +104,20 @@ def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: La
     scale = _vae_scale_factor(model)
     if scale:
         options.check_size(scale)
-    return device_type, _dtype(model, options, device_type, query, env)
+    dtype = _dtype(model, options, device_type, query, env)
+    _check_memory(model, options, device_type, dtype, query, env)
+    return device_type, dtype
+
+
+def _check_memory(
+    model: str, options: GenerateOptions, device_type: str, dtype: str, query: GpuQuery, env: LaunchEnv
+) -> None:
+    """--offload/--quantize need a GPU and their library; a model too big for this process's GPU (the one
+    at ``local_rank``, or all of them with ``--device-map``) is refused before it loads, as in the notebook."""
+    from .parent.memory_fit import check_fit
+
+    mine = query if options.device_map else GpuQuery(query.gpus[env.local_rank : env.local_rank + 1])
+    check_fit(model, options, device_type, dtype, 1, mine)
 
 
 def _dtype(model: str, options: GenerateOptions, device_type: str, query: GpuQuery, env: LaunchEnv) -> str:

@@ -49,6 +49,9 @@ class GenerateOptions:
     sweep: dict[str, list[object]] = field(default_factory=dict)  # axis name -> values (--sweep NAME=V1,V2)
     device_map: str | None = None  # "balanced": one process, the model spread over the GPUs (placement.py)
     max_memory: str | dict[int | str, int | str] | None = None  # "0=10GiB,cpu=30GiB" or a dict, with device_map
+    offload: str | None = None  # "model" or "sequential": per worker, components wait in host RAM (placement.py)
+    quantize: str | None = None  # "nf4", "int8", "torchao-int8wo": the workers load the model quantized
+    vae_tiling: bool = False  # the VAE decodes in tiles: big images need far less GPU memory
 
     def with_(self, **changes: object) -> GenerateOptions:
         """A copy with some fields changed (``dataclasses.replace`` under a shorter name)."""

@@ -8,6 +8,7 @@ GPU: placement happens in the workers.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 from .options import NbdistUsageError
 
-__all__ = ["cached_pipeline", "clear_cache", "load_pipeline", "quiet_libraries", "torch_dtype"]
+__all__ = ["cache_size", "cached_pipeline", "clear_cache", "load_pipeline", "quiet_libraries", "torch_dtype"]
 
 _CACHE: dict[tuple[Any, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
@@ -74,6 +75,7 @@ def load_pipeline(
     max_memory: dict[Any, str] | None = None,
     variant: str | None = None,
     revision: str | None = None,
+    quantization_config: Any = None,
 ) -> Any:
     """``DiffusionPipeline.from_pretrained`` with nbdist's rules and short errors.
 
@@ -99,6 +101,8 @@ def load_pipeline(
             kwargs["variant"] = variant
         if revision is not None:
             kwargs["revision"] = revision
+        if quantization_config is not None:  # a PipelineQuantizationConfig, built in a worker (--quantize)
+            kwargs["quantization_config"] = quantization_config
         try:
             return DiffusionPipeline.from_pretrained(expanded if os.path.isdir(expanded) else model, **kwargs)
         except Exception as exc:  # OSError, ValueError, or a transport error mid-download
@@ -140,19 +144,43 @@ def _load_error(
     return None
 
 
+def cache_size() -> int:
+    """How many pipelines the kernel keeps loaded: ``NBDIST_CACHE_SIZE``, default 1.
+
+    One, because a real model is gigabytes of the kernel's RAM: switching models must not keep the
+    old one alive. A notebook that alternates between two models and has the RAM sets 2.
+    """
+    value = os.environ.get("NBDIST_CACHE_SIZE", "1").strip()
+    if not value.isdigit() or int(value) < 1:
+        raise NbdistUsageError(f"NBDIST_CACHE_SIZE must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def cached_pipeline(
     model: str, dtype: str, *, allow_pickle: bool = False, variant: str | None = None, revision: str | None = None
 ) -> Any:
-    """Load once per kernel, keyed by (model, dtype, variant, revision): re-running a cell costs no load time."""
+    """Load once per kernel, keyed by (model, dtype, variant, revision): re-running a cell costs no load time.
+
+    The cache holds ``cache_size()`` pipelines, least recently used dropped first, and drops them
+    *before* loading the new one, so the kernel's peak is not old + new when nothing else holds the old.
+    """
     where = os.path.abspath(os.path.expanduser(model)) if looks_like_path(model) else model
     key = (where, dtype, allow_pickle, variant, revision)
     with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = load_pipeline(model, dtype, allow_pickle=allow_pickle, variant=variant, revision=revision)
+        if key in _CACHE:
+            _CACHE[key] = _CACHE.pop(key)  # now the most recently used
+            return _CACHE[key]
+        size = cache_size()
+        if len(_CACHE) >= size:
+            while len(_CACHE) >= size:
+                _CACHE.pop(next(iter(_CACHE)))
+            gc.collect()  # modules can sit in reference cycles: free their tensors before the next load
+        _CACHE[key] = load_pipeline(model, dtype, allow_pickle=allow_pickle, variant=variant, revision=revision)
         return _CACHE[key]
 
 
 def clear_cache() -> None:
-    """Forget the loaded pipelines (frees their memory once nothing else holds them)."""
+    """Forget the loaded pipelines and collect them, so their memory goes once nothing else holds them."""
     with _CACHE_LOCK:
         _CACHE.clear()
+    gc.collect()

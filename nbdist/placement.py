@@ -18,15 +18,30 @@ from .options import NbdistUsageError
 
 __all__ = [
     "DEVICE_MAPS",
+    "OFFLOADS",
+    "QUANTIZE",
+    "QUANTIZE_BACKENDS",
     "MaxMemory",
     "check_placement",
     "normalise_max_memory",
     "parse_max_memory",
     "parse_size",
+    "quantized_components",
     "validate_placement",
 ]
 
 DEVICE_MAPS = ("balanced",)
+# --offload: diffusers' enable_model_cpu_offload / enable_sequential_cpu_offload, one per worker.
+OFFLOADS = ("model", "sequential")
+# --quantize: the module to find installed (import name, pip name) for each choice. Checked by path only,
+# never imported in the kernel (bitsandbytes starts CUDA on import).
+QUANTIZE_BACKENDS = {
+    "nf4": ("bitsandbytes", "bitsandbytes"),
+    "int8": ("bitsandbytes", "bitsandbytes"),
+    "torchao-int8wo": ("torchao", "torchao"),
+}
+QUANTIZE = tuple(QUANTIZE_BACKENDS)
+_DENOISERS = ("unet", "transformer", "prior", "decoder")
 
 MaxMemory = dict[int | str, int]
 
@@ -113,8 +128,42 @@ def normalise_max_memory(value: str | Mapping[Any, Any] | None) -> MaxMemory | N
     return result
 
 
+def quantized_components(components: Mapping[str, str]) -> list[str]:
+    """Which components ``--quantize`` shrinks, from ``{name: class name}`` (``model_index.json``'s entries).
+
+    The denoiser (UNet or transformer) and the large text encoders (T5, LLMs) hold nearly all the
+    weights; CLIP encoders and the VAE are small, and quantizing them costs quality for no room. The
+    memory plan and the workers both use this list, so the estimate describes what is really loaded.
+    """
+    return [
+        name
+        for name, cls in components.items()
+        if name.startswith(_DENOISERS) or (name.startswith("text_encoder") and not str(cls).startswith("CLIP"))
+    ]
+
+
+def _validate_memory_options(options: Any) -> None:
+    """--offload / --quantize / --vae-tiling values, and the combinations that cannot work."""
+    offload, quantize = getattr(options, "offload", None), getattr(options, "quantize", None)
+    if offload is not None and offload not in OFFLOADS:
+        raise NbdistUsageError(f"unknown --offload {offload!r}; choose one of {', '.join(OFFLOADS)}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise NbdistUsageError(f"unknown --quantize {quantize!r}; choose one of {', '.join(QUANTIZE)}")
+    for flag, value in (("--offload", offload), ("--quantize", quantize)):
+        if value is not None and options.device == "cpu":
+            raise NbdistUsageError(f"{flag} needs a GPU; drop --device cpu or drop {flag}")
+    if offload is not None and options.device_map is not None:
+        raise NbdistUsageError(
+            "--offload and --device-map both decide where the weights live; use one (--offload for one "
+            "model per GPU, --device-map balanced for one model spread over the GPUs)"
+        )
+    if not isinstance(getattr(options, "vae_tiling", False), bool):
+        raise NbdistUsageError(f"vae_tiling must be True or False, got {options.vae_tiling!r}")
+
+
 def validate_placement(options: Any) -> None:
     """Checks that need no hardware: called by ``GenerateOptions.validate``."""
+    _validate_memory_options(options)
     device_map, max_memory = options.device_map, options.max_memory
     if device_map is None:
         if max_memory is not None:

@@ -21,6 +21,7 @@ from .devices import GpuChoice, choose_gpus, cpu_count, visible_gpu_count
 from .dtypes import default_dtype, family_of
 from .fork_safety import check_fork_safe
 from .gpus import GpuQuery, query_gpus
+from .memory_fit import check_fit
 from .observer import RunInfo
 
 __all__ = ["Plan", "PoolKey", "make_options", "plan_run"]
@@ -44,6 +45,9 @@ class PoolKey:
     variant: str | None = None
     revision: str | None = None
     cuda_visible: str | None = None  # the workers' CUDA_VISIBLE_DEVICES when narrowed to compute GPUs
+    offload: str | None = None
+    quantize: str | None = None
+    vae_tiling: bool = False
 
     def difference(self, other: PoolKey) -> str:
         """What changed, for the one line that says why the workers are replaced."""
@@ -89,6 +93,9 @@ class Plan:
             o.variant,
             o.revision,
             cuda_visible=self.cuda_visible,
+            offload=o.offload,
+            quantize=o.quantize,
+            vae_tiling=o.vae_tiling,
         )
 
 
@@ -116,6 +123,7 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
     cuda_visible = None
     if options.device_map is not None:
         pipe, name, device_type, dtype, n = _plan_device_map(model_or_pipe, options, gpus, notes)
+        check_fit(model_or_pipe, options, device_type, dtype, n, gpus)  # before anything is loaded or forked
         call = resolve_call(None, name, options)  # the kernel loads nothing: class defaults stay unknown
     else:
         device_type = _device_type(options, gpus)
@@ -123,6 +131,7 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
         n, cuda_visible = choice.count, choice.cuda_visible
         dtype, note = _dtype(model_or_pipe, options, device_type, choice.gpus)
         notes += [line for line in (choice.note, note) if line]
+        check_fit(model_or_pipe, options, device_type, dtype, n, choice.gpus)  # before the kernel loads it
         pipe, name = _pipeline(model_or_pipe, dtype, options)
         call = _check_call(pipe, name, options)
         notes += call.notes
@@ -144,6 +153,8 @@ def _dtype(model_or_pipe: Any, options: GenerateOptions, device_type: str, gpus:
 
 def _check_call(pipe: Any, name: str, options: GenerateOptions) -> CallSettings:
     """Size, --param and --scheduler against this pipeline; the run's call settings."""
+    if pipe is None:  # --quantize: the workers load it, the kernel knows no class defaults
+        return resolve_call(None, name, options)
     scale = getattr(pipe, "vae_scale_factor", None)
     if isinstance(scale, int) and scale > 0:
         options.check_size(scale)
@@ -235,6 +246,8 @@ def _pipeline(model_or_pipe: Any, dtype: str, options: GenerateOptions) -> tuple
         from ..pipelines import cached_pipeline
 
         model = os.fspath(model_or_pipe)
+        if options.quantize is not None:  # quantized in the workers, on their GPUs: never loaded here
+            return None, model
         pipe = cached_pipeline(
             model, dtype, allow_pickle=options.allow_pickle, variant=options.variant, revision=options.revision
         )

@@ -84,12 +84,20 @@ def get_ready(setup: WorkerSetup) -> tuple[ReadyWorker, WorkerStarted]:
 
 
 def _load(setup: WorkerSetup) -> Any:
-    """The pipeline: inherited through fork, or loaded here when started by torchrun/accelerate."""
+    """The pipeline: inherited through fork, or loaded here (by torchrun/accelerate, ``--device-map``,
+    ``--quantize``: quantized weights are made on this worker's GPU, never in the kernel)."""
     if setup.pipeline is not None:
         return setup.pipeline
     from ..pipelines import load_pipeline
     from ..placement import normalise_max_memory
 
+    quantization = None
+    if setup.options.quantize is not None:
+        from .quantize import quantization_config
+
+        quantization = quantization_config(
+            setup.options.quantize, setup.model or "", setup.dtype, setup.options.revision
+        )
     return load_pipeline(
         setup.model or "",
         setup.dtype,
@@ -98,6 +106,7 @@ def _load(setup: WorkerSetup) -> Any:
         max_memory=normalise_max_memory(setup.options.max_memory),
         variant=setup.options.variant,
         revision=setup.options.revision,
+        quantization_config=quantization,
     )
 
 
@@ -107,13 +116,27 @@ def _place(pipe: Any, setup: WorkerSetup, device: str) -> str:
     A pipeline this worker loaded with ``--device-map balanced`` is already spread over the GPUs and
     stays so. A device-mapped pipeline handed over from the parent (e.g. loaded there with
     ``device_map="cpu"``) carries accelerate hooks that would fight ``.to()``; diffusers requires
-    ``reset_device_map()`` first, which removes them (in this worker's copy only).
+    ``reset_device_map()`` first, which removes them (in this worker's copy only). ``--offload`` hands
+    placement to diffusers' hooks instead of ``.to()``: each component (or layer) goes to this worker's
+    GPU only while it runs, which is what lets a model bigger than the GPU run at all.
     """
-    if setup.options.device_map is not None:
+    options = setup.options
+    if options.vae_tiling:
+        vae = getattr(pipe, "vae", None)
+        if not hasattr(vae, "enable_tiling"):
+            raise ValueError(f"--vae-tiling: {type(pipe).__name__} has no VAE that decodes in tiles")
+        vae.enable_tiling()
+    if options.device_map is not None:
         placed = sorted({str(d) for d in _as_dict(pipe.hf_device_map).values()})
         return f"{setup.options.device_map}:{'+'.join(placed)}"
     if getattr(pipe, "hf_device_map", None):
         pipe.reset_device_map()
+    if options.offload is not None:
+        import torch
+
+        enable = pipe.enable_model_cpu_offload if options.offload == "model" else pipe.enable_sequential_cpu_offload
+        enable(gpu_id=torch.device(device).index or 0)
+        return device
     pipe.to(device)
     return device
 
