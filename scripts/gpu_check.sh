@@ -10,9 +10,9 @@
 # even when a stage hangs. A stage that fails, times out or is not reached is written in the report,
 # never skipped silently, and the script then exits 1.
 #
-# Stages: the machine (nvidia-smi, torch, CUDA), install, imports, `pytest -m gpu` over the test files
-# that hold gpu-marked tests, and benchmarks/gpu_bench.py on an SD1.5-shaped random model (built in
-# the background while the tests run). The report is benchmarks/GPU.md (GPU_CHECK_REPORT to change),
+# Stages: the machine (nvidia-smi, torch, CUDA), install, imports, a kernel running a tiny %%distgen
+# on a CPU worker, `pytest -m gpu` over the test files that hold gpu-marked tests, and
+# benchmarks/gpu_bench.py on an SD1.5-shaped random model (built in the background meanwhile). The report is benchmarks/GPU.md (GPU_CHECK_REPORT to change),
 # copied with every stage's log to $OUT when set (the device tool brings $OUT back).
 #
 # On a machine without CUDA it stops with a failed report, unless NBDIST_GPU_CHECK_ALLOW_CPU=1: then
@@ -161,15 +161,39 @@ sys.exit(1 if failed else 0)
 EOF
 }
 
-export -f install_wheels imports
+# A real kernel with the carried stack: %load_ext nbdist and one tiny %%distgen on a CPU worker (the
+# gallery's widgets included), so a package missing from the wheels shows here, named, and not as a
+# confusing failure inside the gpu tests.
+kernel() {
+  "$PY" - <<'EOF'
+import sys
+sys.path.insert(0, "tests")
+from kernel import Kernel
+with Kernel() as k:
+    for code in [
+        "%load_ext nbdist",
+        "import sys, IPython, ipykernel; from nbdist.tiny import ensure_tiny_pipeline; m = str(ensure_tiny_pipeline())\n"
+        "print('kernel:', sys.executable, 'IPython', IPython.__version__, 'ipykernel', ipykernel.__version__)",
+        "%%distgen --model {m} -n 1 --device cpu --steps 2 --seed 0 -o res\na dog",
+        "assert res.complete, res.summary(); print(res.summary())",
+    ]:
+        ex = k.execute(code, timeout=60)
+        print(ex.stream().strip())
+        if ex.error:
+            print(f"FAILED: {code.splitlines()[0]}: {ex.error['ename']}: {ex.error['evalue']}")
+            print("\n".join(ex.error.get("traceback", []))[-3000:])
+            sys.exit(1)
+EOF
+}
+
+export -f install_wheels imports kernel
 if [ "$MODE" != none ]; then
   stage install 120 install_wheels
   export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
   export NBDIST_CACHE="$WORK/cache" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-  stage imports 60 imports
 fi
 
-# --- the model for the benchmark, built on the CPU while the tests run ---------------------------
+# --- the model for the benchmark, built on the CPU while the checks below run --------------------
 BUILD_PID=""
 MODEL=$WORK/sd15-random
 if [ "$MODE" = gpu ]; then
@@ -179,6 +203,11 @@ if [ "$MODE" = gpu ]; then
   timeout -k 10 "$build_limit" "$PY" benchmarks/gpu_bench.py --build-only --model "$MODEL" \
     >"$LOGS/build-model.log" 2>&1 &
   BUILD_PID=$!
+fi
+
+if [ "$MODE" != none ]; then
+  stage imports 60 imports
+  stage kernel 90 kernel
 fi
 
 # --- gpu tests --------------------------------------------------------------------------------
