@@ -24,6 +24,7 @@ from kernel import Kernel, assert_usage_error
 import nbdist
 from nbdist.options import GenerateOptions, NbdistUsageError
 from nbdist.parent import memory_fit
+from nbdist.parent.devices import visible_gpu_count
 from nbdist.parent.gpus import query_gpus
 from nbdist.parent.memory_fit import (
     GB,
@@ -38,6 +39,8 @@ from nbdist.parent.memory_fit import (
     refusal,
     safetensors_bytes,
 )
+
+no_gpu = pytest.mark.skipif(visible_gpu_count() > 0, reason="checks what happens on a machine without GPUs")
 
 FLUX = {
     "transformer": ("diffusers", "FluxTransformer2DModel", 23.8),
@@ -276,6 +279,7 @@ def test_a_cpu_run_is_not_checked(flux_folder) -> None:
     check_fit(flux_folder, GenerateOptions(), "cpu", "float32", 4)
 
 
+@no_gpu
 def test_offload_and_quantize_need_a_gpu(monkeypatch, tmp_path, tiny_model) -> None:
     with pytest.raises(NbdistUsageError, match=r"^--offload needs a GPU; drop --device cpu or drop --offload$"):
         GenerateOptions(offload="model", device="cpu").validate()
@@ -379,3 +383,50 @@ def test_vae_tiling_is_enabled_in_the_workers(tiny_model: str, tmp_path: Path) -
 def test_readme_has_the_table_memory_fit_computes() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     assert fit_table() in readme
+
+
+def test_workers_load_quantized_through_pipeline_quantization_config(monkeypatch, flux_folder) -> None:
+    """``_load`` hands ``from_pretrained`` a config quantizing the transformer and T5, not CLIP nor the VAE."""
+    from diffusers import DiffusionPipeline, PipelineQuantizationConfig
+
+    from nbdist.spec import WorkerSetup
+    from nbdist.worker.setup import _load
+
+    seen: dict = {}
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", lambda model, **kwargs: seen.update(kwargs) or "pipe")
+    for kind, backend in (("nf4", "bitsandbytes_4bit"), ("int8", "bitsandbytes_8bit")):
+        options = GenerateOptions(quantize=kind)
+        setup = WorkerSetup("cuda", "bfloat16", 1, "/tmp", None, options, pipeline=None, model=flux_folder)
+        assert _load(setup) == "pipe"
+        config = seen["quantization_config"]
+        assert isinstance(config, PipelineQuantizationConfig) and config.quant_backend == backend
+        assert sorted(config.components_to_quantize) == ["text_encoder_2", "transformer"]
+    assert seen["quantization_config"].quant_kwargs == {"load_in_8bit": True}
+    assert sys.modules.get("bitsandbytes") is None
+
+
+@no_gpu
+def test_the_cli_under_a_launcher_checks_the_same(tiny_model) -> None:
+    from nbdist.launched import LaunchEnv, _check
+
+    env = LaunchEnv(rank=0, world_size=1, local_rank=0, local_world_size=1, launcher="torchrun")
+    with pytest.raises(NbdistUsageError, match=r"^--offload needs a GPU, and this run is on the CPU"):
+        _check(tiny_model, ["a dog"], GenerateOptions(offload="model"), env)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(visible_gpu_count() == 0, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("offload", ["model", "sequential"])
+def test_offload_on_gpus_gives_the_same_images(tiny_model: str, offload: str) -> None:
+    """On a GPU machine: the offload hooks place the weights on the worker's GPU as they run; same images."""
+    import numpy as np
+    import torch
+
+    plain = nbdist.generate(tiny_model, ["a dog"], steps=2, seed=0, num_processes=1)
+    result = nbdist.generate(tiny_model, ["a dog"], steps=2, seed=0, num_processes=1, offload=offload)
+    assert plain.complete and result.complete, (result.worker_failures, result.logs)
+    diff = np.abs(np.asarray(plain.images[0], dtype=np.int16) - np.asarray(result.images[0], dtype=np.int16))
+    assert diff.max() <= 2
+    tiled = nbdist.generate(tiny_model, ["a dog"], steps=2, seed=0, num_processes=1, offload=offload, vae_tiling=True)
+    assert tiled.complete, (tiled.worker_failures, tiled.logs)
+    assert not torch.cuda.is_initialized()  # offloading happened in the worker, not in this process
