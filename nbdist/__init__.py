@@ -24,6 +24,7 @@ __all__ = [
     "ImageRecord",
     "NbdistUsageError",
     "RunHandle",
+    "clear_cache",
     "demo_model",
     "generate",
     "load_ipython_extension",
@@ -31,6 +32,20 @@ __all__ = [
     "status",
 ]
 __version__ = "0.1.0"
+
+
+def clear_cache() -> None:
+    """Free the models the kernel loaded: the warm workers holding one stop, and the cache forgets them all.
+
+    The kernel keeps ``NBDIST_CACHE_SIZE`` models (default 1) so that re-running a cell loads nothing;
+    this gives their memory back at once, e.g. before loading something else in the notebook. The
+    workers go too because their pipeline object keeps the kernel's copy alive (and on a GPU holds
+    the GPU memory); the next run starts new ones.
+    """
+    from .pipelines import clear_cache as forget_pipelines
+
+    shutdown()
+    forget_pipelines()
 
 
 def load_ipython_extension(ipython: Any) -> None:
