@@ -10,9 +10,12 @@ workers' queue, feeds the current run's observers, notices dead workers and idle
 queue runs, cancel them and wait on them, so nothing here races.
 
 Cancel (the stop button, ``RunHandle.cancel``): the group's shared cancel counter is raised; every
-worker sees it after its current denoising step, drops the image it was making and reports the run
-finished, and stays warm. A worker that has not answered ``STOP_GRACE`` seconds later is killed with
-its group (torch elastic cannot replace one member), and the next run starts a new group.
+worker sees it after its current denoising step (or when its VAE decode returns), drops the image it
+was making and reports the run finished, and stays warm. A worker that has not answered by the time
+its current step or decode should have taken (measured during the run, ``answer_time.py``; at least
+``STOP_GRACE``) is killed with its group (torch elastic cannot replace one member), and the next run
+starts a new group. Whatever the workers do, the run ends: a launcher that outlives its killed workers
+is abandoned (``_abandon``).
 """
 
 from __future__ import annotations
@@ -266,8 +269,10 @@ class WorkerPool:
             return
         now = time.monotonic()
         if run is not None and run.cancel_requested_at is not None and group is not None:
-            if now - run.cancel_requested_at > STOP_GRACE:
+            if now > run.answer_deadline(STOP_GRACE):
                 group.kill()  # the next _watch finds it dead and ends the run
+                if group.alive:
+                    self._abandon(group)
             return
         if run is None and group is not None and group.all_ready and not group.healthy():
             self._retire_group()  # killed while idle: no stale pids in the status, the next run starts afresh
@@ -277,6 +282,17 @@ class WorkerPool:
             with self._lock:
                 if not self._pending:
                     self._stop_group()
+
+    def _abandon(self, group: WorkerGroup) -> None:
+        """The workers were killed but the launcher did not return: end the run anyway, never hang the cell.
+
+        torch elastic waits for each worker's return value; a worker that exits without one (a status 0
+        with no value) would keep it polling forever. Its thread is a daemon and is left to itself.
+        """
+        self._drain(group)
+        group.close()
+        self._group = self._group_key = None
+        self._end_current(note="the workers were stopped")
 
     def _drain(self, group: WorkerGroup) -> None:
         """Messages the workers sent before they went: the images they finished are kept."""

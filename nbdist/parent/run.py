@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..messages import Message, RunFinished, RunStarted, WorkerFinished, WorkerStarted
+from .answer_time import AnswerTimes
 from .collector import Fanout, ResultBuilder
 from .launch import WorkerExit
 from .observer import RunObserver
@@ -43,6 +44,7 @@ class Run:
         self._log_offsets: dict[int, int] = {}
         self._log_dir = ""
         self._hellos: dict[int, WorkerStarted] = {}
+        self.answers = AnswerTimes()  # what the workers are doing: how long a cancel may take
 
     def announce(self) -> None:
         """Observers' ``on_start``, in the caller's thread (the gallery displays itself in the cell)."""
@@ -51,12 +53,14 @@ class Run:
     def begin(self, hellos: dict[int, WorkerStarted], log_dir: str) -> None:
         """The pool dispatched the run to its workers."""
         self.started_at = time.monotonic()
+        self.answers = AnswerTimes(self.started_at)
         self._hellos = hellos
         self._log_dir = log_dir
         self._log_offsets = {rank: _size(self._log_path(rank)) for rank in range(self.plan.num_processes)}
 
     def on_message(self, msg: Message) -> None:
         """A message from the workers while this run is theirs."""
+        self.answers.on_message(msg)
         if isinstance(msg, RunStarted):
             hello = self._hellos[msg.rank]
             msg = WorkerStarted(msg.rank, hello.device, hello.pid, msg.num_jobs, hello.threads, hello.device_map)
@@ -64,6 +68,11 @@ class Run:
             self.finished_ranks.add(msg.rank)
             msg = WorkerFinished(msg.rank, msg.error, msg.traceback)
         self.fanout.dispatch(msg)
+
+    def answer_deadline(self, grace: float) -> float:
+        """When a cancelled run's workers that have not answered should have (``answer_time.py``)."""
+        busy = set(range(self.plan.num_processes)) - self.finished_ranks
+        return self.answers.deadline(self.cancel_requested_at or time.monotonic(), grace, busy)
 
     @property
     def complete(self) -> bool:

@@ -6,6 +6,7 @@ generators, which diffusers uses one per image, so batching changes float roundi
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from ..call_settings import CallSettings
 from ..jobs import ImageJob
 from ..sweep import job_call
 
-__all__ = ["Made", "RunCancelled", "StepReporter", "run_batch", "to_images"]
+__all__ = ["Made", "RunCancelled", "StepReporter", "run_batch", "step_callback", "to_images"]
 
 
 class RunCancelled(Exception):
@@ -92,11 +93,30 @@ def run_batch(
     if negative is not None:
         kwargs["negative_prompt"] = [negative] * len(jobs)
     if on_step is not None or should_stop is not None:
-        kwargs["callback_on_step_end"] = StepReporter(on_step or _ignore, steps, should_stop=should_stop)
+        kwargs.update(step_callback(pipe, StepReporter(on_step or _ignore, steps, should_stop=should_stop)))
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
     with torch.inference_mode():
         out = pipe(prompt=[job.prompt for job in jobs], generator=generators, output_type="np", **kwargs)
     return to_images(out, len(jobs))
+
+
+def step_callback(pipe: Any, reporter: StepReporter) -> dict[str, Any]:
+    """The call arguments that make ``pipe`` call ``reporter`` after every denoising step.
+
+    ``callback_on_step_end`` where the pipeline has it; the older ``callback``/``callback_steps`` where it
+    has only those. PixArt-Σ is one: its ``__call__`` also takes ``**kwargs``, so a
+    ``callback_on_step_end`` would be swallowed without effect (no progress, and no Stop).
+    """
+    params = inspect.signature(type(pipe).__call__).parameters
+    if "callback_on_step_end" in params:
+        return {"callback_on_step_end": reporter}
+    if "callback" in params:
+
+        def old_style(step: int, timestep: Any, latents: Any) -> None:
+            reporter(pipe, step, timestep, {})
+
+        return {"callback": old_style, **({"callback_steps": 1} if "callback_steps" in params else {})}
+    return {}
 
 
 def to_images(out: Any, count: int) -> list[Made]:

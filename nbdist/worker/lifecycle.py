@@ -14,7 +14,8 @@ and both are wrong for it:
   busy worker may not act on).
 
 SIGINT means "stop now, keep what is done": it raises ``KeyboardInterrupt``, the worker's ``finally``
-flushes the images it already made, and it exits. SIGTERM does the same through ``SystemExit``, so a
+flushes the images it already made, and it exits with status 130 (never 0: see ``detached``).
+SIGTERM does the same through ``SystemExit``, so a
 worker stopped from outside ends with a non-zero status that the parent reports.
 """
 
@@ -68,4 +69,10 @@ def _prepare(parent_pid: int) -> None:
 def detached(function: Callable[..., Any], parent_pid: int, *args: Any) -> Any:
     """Run ``function(*args)`` in a forked worker after detaching it from the kernel (see module doc)."""
     _prepare(parent_pid)
-    return function(*args)
+    try:
+        return function(*args)
+    except KeyboardInterrupt:
+        # torch's process wrapper takes a KeyboardInterrupt for "killed by the parent" and exits 0 without
+        # a return value; torch elastic then waits for that value forever and the run never ends. A
+        # non-zero status is what a stopped worker is: the launcher returns and the parent reports it.
+        raise SystemExit(128 + signal.SIGINT) from None
