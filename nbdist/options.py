@@ -12,15 +12,14 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .errors import NbdistUsageError
+from .placement import validate_placement
+
 __all__ = ["DTYPES", "GenerateOptions", "NbdistUsageError"]
 
 DTYPES = ("float16", "bfloat16", "float32")
 SCHEDULES = ("static", "dynamic")
 DEVICES = ("auto", "cuda", "cpu")
-
-
-class NbdistUsageError(ValueError):
-    """Bad input, found before anything started. The magic shows it as an IPython ``UsageError``."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +85,6 @@ class GenerateOptions:
             raise NbdistUsageError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if self.save_dir is not None:
             check_writable_dir(Path(self.save_dir))
-        from .placement import validate_placement
-
         validate_placement(self)
 
     def check_size(self, vae_scale_factor: int) -> None:

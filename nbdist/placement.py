@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .options import NbdistUsageError
+from .errors import NbdistUsageError
 
 __all__ = [
     "DEVICE_MAPS",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,46 @@ def test_a_whole_run_leaves_cuda_uninitialised_in_the_parent(tiny_model: str) ->
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def _imports_of(path: Path, module: str, modules: set[str]) -> set[str]:
+    """nbdist modules that ``module`` imports anywhere in its file (function-level imports included)."""
+    import ast
+
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - max(node.level - 1, 0)] if node.level else []
+            target = ".".join([*base, *([node.module] if node.module else [])])
+            names = [target, *(f"{target}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in modules and n != module and not module.startswith(n + ".")}
+    return found
+
+
+def test_no_import_circles() -> None:
+    """Modules depend one way: a circle (even through a function-level import) means a misplaced job."""
+    root = Path(__file__).resolve().parent.parent / "nbdist"
+    files = {
+        ".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in root.rglob("*.py")
+    }
+    graph = {m: _imports_of(p, m, set(files)) for m, p in files.items()}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            current = todo.pop()
+            if current == goal:
+                return True
+            if current not in seen:
+                seen.add(current)
+                todo.extend(graph[current])
+        return False
+
+    circles = sorted({tuple(sorted((m, d))) for m in graph for d in graph[m] if reaches(d, m)})
+    assert circles == [], f"import circles: {circles}"
