@@ -196,12 +196,7 @@ def run_launched(model: str, prompts: Sequence[str], options: GenerateOptions, e
     import torch.distributed as dist
     from accelerate import PartialState
 
-    from .parent.collector import Collector, ResultBuilder
     from .parent.observer import RunInfo
-    from .parent.saving import DiskWriter
-    from .parent.terminal import TerminalProgress
-    from .spec import RunSpec
-    from .worker import run_worker
 
     device_type, dtype = _check(model, prompts, options, env)
     threads = _threads(device_type, env)
@@ -210,6 +205,35 @@ def run_launched(model: str, prompts: Sequence[str], options: GenerateOptions, e
     # Object collectives go over gloo in a group of their own, with a timeout long enough for the slowest node.
     group = dist.new_group(backend="gloo", timeout=timedelta(days=7))
     started = time.monotonic()
+    seed, folder, marker, same_disk = _agree(options, env, group)
+
+    opts = options.with_(seed=seed, schedule="static", sweep=parse_sweep(options.sweep) if options.sweep else {})
+    jobs = make_jobs(prompts, opts.images_per_prompt, seed, opts.sweep)
+    side = _default_side(model)
+    info = RunInfo(jobs, opts, model, seed, env.world_size, device_type, opts.height or side, opts.width or side)
+    if env.rank == 0:
+        _say(f"{len(jobs)} image(s) of {model!r}, seed {seed}, on {env.world_size} process(es) ({env.launcher})")
+    builder, writer, log = _make_share(model, info, device_type, dtype, threads, folder, env)
+
+    payload = _payload(writer, builder, env.rank, same_disk, log)
+    gathered: list[Any] | None = [None] * env.world_size if env.rank == 0 else None
+    dist.gather_object(payload, gathered, dst=0, group=group)
+    # Rank 0 answers for the whole run; the others exit 0 once their results are handed over, so the
+    # launcher does not kill rank 0 while it is still writing the index.
+    code = 0
+    if env.rank == 0:
+        assert gathered is not None
+        code = _finish(folder, jobs, gathered, model, seed, env, time.monotonic() - started)
+        marker.unlink(missing_ok=True)
+    dist.barrier(group=group)  # index written: the per-rank manifests are no longer needed
+    writer.manifest.unlink(missing_ok=True)
+    dist.destroy_process_group()
+    return code
+
+
+def _agree(options: GenerateOptions, env: LaunchEnv, group: Any) -> tuple[int, Path, Path, bool]:
+    """Rank 0's seed and run token for all; whether this rank shares DIR's filesystem with rank 0 (its marker)."""
+    import torch.distributed as dist
 
     token = secrets.token_hex(8)
     seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
@@ -223,19 +247,23 @@ def run_launched(model: str, prompts: Sequence[str], options: GenerateOptions, e
         marker.touch()
     dist.barrier(group=group)
     folder.mkdir(parents=True, exist_ok=True)
-    same_disk = marker.exists()
+    return seed, folder, marker, marker.exists()
 
-    opts = options.with_(seed=seed, schedule="static", sweep=parse_sweep(options.sweep) if options.sweep else {})
-    jobs = make_jobs(prompts, opts.images_per_prompt, seed, opts.sweep)
-    side = _default_side(model)
-    info = RunInfo(jobs, opts, model, seed, env.world_size, device_type, opts.height or side, opts.width or side)
-    if env.rank == 0:
-        _say(f"{len(jobs)} image(s) of {model!r}, seed {seed}, on {env.world_size} process(es) ({env.launcher})")
+
+def _make_share(
+    model: str, info: Any, device_type: str, dtype: str, threads: int, folder: Path, env: LaunchEnv
+) -> tuple[Any, Any, str]:
+    """Run this rank's worker with its own collector: PNGs and a per-rank manifest as images arrive."""
+    from .parent.collector import Collector, ResultBuilder
+    from .parent.saving import DiskWriter
+    from .parent.terminal import TerminalProgress
+    from .spec import RunSpec
+    from .worker import run_worker
 
     log_dir = tempfile.mkdtemp(prefix="nbdist-logs-")
     spec = RunSpec(
-        jobs=jobs,
-        options=opts,
+        jobs=info.jobs,
+        options=info.options,
         device_type=device_type,
         dtype=dtype,
         threads_per_worker=threads,
@@ -263,21 +291,7 @@ def run_launched(model: str, prompts: Sequence[str], options: GenerateOptions, e
                 obs.on_end(None)
     log = _read_log(log_dir, env.rank)
     shutil.rmtree(log_dir, ignore_errors=True)
-
-    payload = _payload(writer, builder, env.rank, same_disk, log)
-    gathered: list[Any] | None = [None] * env.world_size if env.rank == 0 else None
-    dist.gather_object(payload, gathered, dst=0, group=group)
-    # Rank 0 answers for the whole run; the others exit 0 once their results are handed over, so the
-    # launcher does not kill rank 0 while it is still writing the index.
-    code = 0
-    if env.rank == 0:
-        assert gathered is not None
-        code = _finish(folder, jobs, gathered, model, seed, env, time.monotonic() - started)
-        marker.unlink(missing_ok=True)
-    dist.barrier(group=group)  # index written: the per-rank manifests are no longer needed
-    writer.manifest.unlink(missing_ok=True)
-    dist.destroy_process_group()
-    return code
+    return builder, writer, log
 
 
 def _read_log(log_dir: str, rank: int) -> str:
