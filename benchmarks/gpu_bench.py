@@ -343,6 +343,7 @@ class Report:
     header: list[str]
     sections: dict[str, list[str]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def set(self, name: str, lines: list[str]) -> None:
         self.sections[name] = lines
@@ -354,7 +355,9 @@ class Report:
         self.set(name, [f"### {name}: FAILED", "", "```", tb.strip()[-3000:], "```"])
 
     def skip(self, name: str, why: str) -> None:
-        self.set(name, [f"### {name}: not run ({why})"])
+        """A part left out for time is a gap in the report, so it fails the run like an error does."""
+        self.skipped.append(name)
+        self.set(name, [f"### {name}: NOT RUN ({why})"])
 
     def text(self) -> str:
         lines = list(self.header)
@@ -362,6 +365,8 @@ class Report:
             lines += ["", *body]
         if self.failures:
             lines += ["", f"**Failed:** {', '.join(self.failures)}"]
+        if self.skipped:
+            lines += ["", f"**Not run (out of time):** {', '.join(self.skipped)}"]
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:
@@ -544,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
                 "",
                 "| check | value |",
                 "|---|---|",
-                f"| cancel → run over | {fmt(s.cancel_to_over)} s (one denoising step: {fmt(s.step, 3)} s) |",
+                f"| cancel → run over | {fmt(s.cancel_to_over)} s (one image's seconds / steps: {fmt(s.step, 3)} s) |",
                 f"| images kept / asked | {s.kept}/{s.total} (interrupted: {s.interrupted}) |",
                 f"| worker pids before / after | {s.pids_before} / {s.pids_after} |",
                 f"| same workers after Stop | {'yes' if s.pids_before == s.pids_after else 'NO'} |",
@@ -595,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         nbdist.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
     print(report.text())
-    return 1 if report.failures else 0
+    return 1 if report.failures or report.skipped else 0
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ say() { echo "gpu_check [$(( $(date +%s) - T0 )) s]: $*"; }
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 
 # stage NAME LIMIT CMD...: run CMD under `timeout` (LIMIT, or less when the budget is short), its
-# output to the terminal and to $LOGS/NAME.log; one row in the report's stage table.
+# output to $LOGS/NAME.log, then to the terminal; one row in the report's stage table.
 stage() {
   local name=$1 limit=$2 avail rc start took result
   shift 2
@@ -51,9 +51,12 @@ stage() {
   fi
   say "$name (up to $limit s) ..."
   start=$(date +%s)
-  # The stage's functions and variables are exported: `timeout` runs a new bash that calls them.
-  timeout -k 10 "$limit" bash -c '"$@"' "$name" "$@" 2>&1 | tee "$LOGS/$name.log"
-  rc=${PIPESTATUS[0]}
+  # The stage's functions and variables are exported: `timeout` runs a new bash that calls them. The
+  # output goes to a file, not through a pipe: a process the stage leaves behind (a kernel in its own
+  # session, out of timeout's reach) could hold a pipe open and stall the script past its budget.
+  timeout -k 10 "$limit" bash -c '"$@"' "$name" "$@" >"$LOGS/$name.log" 2>&1 </dev/null
+  rc=$?
+  cat "$LOGS/$name.log"
   took=$(( $(date +%s) - start ))
   case $rc in
     0) result="ok" ;;
