@@ -322,4 +322,6 @@ fi
 echo
 cat "$WORK/GPU.md"
 say "report written to $REPORT${OUT:+ and $OUT/GPU.md}; ${total} s"
+# The installed packages and the 2 GB model; GPU_CHECK_KEEP=1 keeps them for a look.
+[ "${GPU_CHECK_KEEP:-0}" = 1 ] || rm -rf "$WORK"
 [ ${#FAILED[@]} = 0 ]
