@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"built {path} in {time.monotonic() - started:.1f} s ({parameter_count(path) / 1e9:.2f} B parameters)")
         return 0
 
-    from nbdist.parent.devices import cpu_count, visible_gpu_count
+    from nbdist.parent.machine.devices import cpu_count, visible_gpu_count
 
     gpus = visible_gpu_count()
     if args.smoke:

@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="folder for images and logs (default: a temp folder)")
     parser.add_argument("--results", type=Path, help="markdown to write (default: benchmarks/RESULTS.md; quick: none)")
     args = parser.parse_args(argv)
-    from nbdist.parent.devices import visible_gpu_count
+    from nbdist.parent.machine.devices import visible_gpu_count
     from nbdist.tiny import ensure_tiny_pipeline
 
     gpus = visible_gpu_count()

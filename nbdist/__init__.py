@@ -15,8 +15,8 @@ hide_in_parent()  # before anything can import diffusers: see device_libraries.p
 from .demo import demo_model  # noqa: E402
 from .options import GenerateOptions, NbdistUsageError  # noqa: E402
 from .parent.api import generate, shutdown, status  # noqa: E402
-from .parent.results import GenerationResult, ImageRecord  # noqa: E402
-from .parent.run import RunHandle  # noqa: E402
+from .parent.pool.run import RunHandle  # noqa: E402
+from .parent.results.result import GenerationResult, ImageRecord  # noqa: E402
 
 __all__ = [
     "GenerateOptions",

@@ -84,8 +84,8 @@ def read_prompts(path: str | None, extra: Sequence[str] = ()) -> list[str]:
 def _plain(model: str, prompts: list[str], args: argparse.Namespace) -> int:
     """Not under a launcher: fork the workers through ``nbdist.generate``, like the magic."""
     from .parent.api import generate
-    from .parent.index_page import write_index
-    from .parent.terminal import TerminalProgress
+    from .parent.output.index_page import write_index
+    from .parent.output.terminal import TerminalProgress
 
     result = generate(model, prompts, options=options_from_args(args), observers=[TerminalProgress(sys.stderr)])
     entries = [{"index": r.index, "file": r.path.name} for r in result.records if r.ok and r.path is not None]

@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 from .jobs import ImageJob, make_jobs
 from .options import GenerateOptions, NbdistUsageError
-from .parent.gpus import GpuQuery
+from .parent.machine.gpus import GpuQuery
 from .sweep import parse_sweep
 
 __all__ = ["LaunchEnv", "launched", "run_launched"]
@@ -74,8 +74,8 @@ def launched(env: dict[str, str] | None = None) -> LaunchEnv | None:
 
 def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: LaunchEnv) -> tuple[str, str]:
     """Everything checkable before the process group forms; identical on every rank. Returns (device, dtype)."""
-    from .parent.devices import visible_gpu_count
-    from .parent.gpus import query_gpus
+    from .parent.machine.devices import visible_gpu_count
+    from .parent.machine.gpus import query_gpus
     from .pipelines import looks_like_path
     from .placement import check_placement
 
@@ -114,7 +114,7 @@ def _check_memory(
 ) -> None:
     """--offload/--quantize need a GPU and their library; a model too big for this process's GPU (the one
     at ``local_rank``, or all of them with ``--device-map``) is refused before it loads, as in the notebook."""
-    from .parent.memory_fit import check_fit
+    from .parent.machine.memory_fit import check_fit
 
     mine = query if options.device_map else GpuQuery(query.gpus[env.local_rank : env.local_rank + 1])
     check_fit(model, options, device_type, dtype, 1, mine)
@@ -126,7 +126,7 @@ def _dtype(model: str, options: GenerateOptions, device_type: str, query: GpuQue
     Each process of a node uses CUDA device ``local_rank`` (or all of them with ``--device-map``),
     so the GPUs that count are the first ``local_world_size`` visible ones.
     """
-    from .parent.dtypes import default_dtype, family_of
+    from .parent.machine.dtypes import default_dtype, family_of
 
     if options.dtype:
         return options.dtype
@@ -159,7 +159,7 @@ def _default_side(model: str) -> int:
 def _threads(device_type: str, env: LaunchEnv) -> int:
     """Torch threads per process: ``OMP_NUM_THREADS`` when set (torchrun sets 1 for several processes
     per node, and a user tunes it there), else this node's cores shared among its processes."""
-    from .parent.devices import cpu_count
+    from .parent.machine.devices import cpu_count
 
     if device_type != "cpu":
         return 1
@@ -196,7 +196,7 @@ def run_launched(model: str, prompts: Sequence[str], options: GenerateOptions, e
     import torch.distributed as dist
     from accelerate import PartialState
 
-    from .parent.observer import RunInfo
+    from .parent.results.observer import RunInfo
 
     device_type, dtype = _check(model, prompts, options, env)
     threads = _threads(device_type, env)
@@ -254,9 +254,9 @@ def _make_share(
     model: str, info: Any, device_type: str, dtype: str, threads: int, folder: Path, env: LaunchEnv
 ) -> tuple[Any, Any, str]:
     """Run this rank's worker with its own collector: PNGs and a per-rank manifest as images arrive."""
-    from .parent.collector import Collector, ResultBuilder
-    from .parent.saving import DiskWriter
-    from .parent.terminal import TerminalProgress
+    from .parent.output.saving import DiskWriter
+    from .parent.output.terminal import TerminalProgress
+    from .parent.results.collector import Collector, ResultBuilder
     from .spec import RunSpec
     from .worker import run_worker
 
@@ -321,7 +321,7 @@ def _finish(
     folder: Path, jobs: list[ImageJob], gathered: list[Any], model: str, seed: int, env: LaunchEnv, seconds: float
 ) -> int:
     """Rank 0: write the other nodes' PNGs, the merged manifest and index.html; report. Exit code."""
-    from .parent.index_page import write_index
+    from .parent.output.index_page import write_index
 
     entries: list[dict[str, Any]] = []
     failures: dict[int, str] = {}

@@ -1,6 +1,6 @@
 """A stand-in ``nvidia-smi`` on ``PATH``: GPUs of the sizes a test chooses, on a machine with none.
 
-The real code (``nbdist/parent/gpus.py``) runs the real command and parses its real output format;
+The real code (``nbdist/parent/machine/gpus.py``) runs the real command and parses its real output format;
 only the answers are made up. ``fake_gpus(tmp_path, [{"memory_gb": 24}, ...])`` writes the script and
 returns the folder to put first on ``PATH`` (in this process with monkeypatch, or in a kernel's env).
 """

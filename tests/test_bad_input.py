@@ -18,7 +18,7 @@ import pytest
 from kernel import Kernel
 from PIL import Image
 
-from nbdist.parent.devices import visible_gpu_count
+from nbdist.parent.machine.devices import visible_gpu_count
 
 CASES = [
     # (id, magic line after %%distgen, cell body, expected text in the one-line error)

@@ -25,10 +25,10 @@ from nbdist.jobs import make_jobs
 from nbdist.launched import LaunchEnv, _check, launched
 from nbdist.messages import ImageFailed, ImageReady, StepProgress, WorkerStarted
 from nbdist.options import GenerateOptions, NbdistUsageError
-from nbdist.parent.launch import free_port
-from nbdist.parent.observer import RunInfo
-from nbdist.parent.saving import file_name
-from nbdist.parent.terminal import TerminalProgress
+from nbdist.parent.fork.launch import free_port
+from nbdist.parent.output.saving import file_name
+from nbdist.parent.output.terminal import TerminalProgress
+from nbdist.parent.results.observer import RunInfo
 
 PROMPTS = ["a dog", "a cat", "an astronaut riding a horse"]
 STEPS = 2

@@ -17,7 +17,7 @@ import torch
 
 import nbdist
 from nbdist.options import GenerateOptions, NbdistUsageError
-from nbdist.parent.devices import visible_gpu_count
+from nbdist.parent.machine.devices import visible_gpu_count
 from nbdist.placement import check_placement, normalise_max_memory, parse_max_memory, parse_size, validate_placement
 
 GiB = 2**30

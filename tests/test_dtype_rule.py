@@ -17,8 +17,8 @@ from fake_gpus import fake_gpus, path_with
 
 from nbdist.launched import LaunchEnv, _check
 from nbdist.options import GenerateOptions
-from nbdist.parent.dtypes import default_dtype, family_of
-from nbdist.parent.plan import plan_run
+from nbdist.parent.machine.dtypes import default_dtype, family_of
+from nbdist.parent.planning.plan import plan_run
 
 # family folder name: (pipeline class, dtype on an 8.9 GPU, dtype on a 7.5 GPU)
 FAMILIES = {

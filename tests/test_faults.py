@@ -21,7 +21,7 @@ import pytest
 from kernel import Execution, Kernel, Received
 from PIL import Image
 
-from nbdist.parent.devices import visible_gpu_count
+from nbdist.parent.machine.devices import visible_gpu_count
 
 FLAKY_PIPELINE = """
 import os
@@ -309,7 +309,7 @@ def test_cuda_probe_leaves_no_child() -> None:
     """The bad-fork probe forks and reaps one child; on a machine without CUDA use it reports False."""
     import torch  # noqa: F401 - the probe only runs with torch imported
 
-    from nbdist.parent.devices import _child_in_bad_fork, cuda_initialized
+    from nbdist.parent.machine.devices import _child_in_bad_fork, cuda_initialized
 
     before = psutil.Process().children()
     assert _child_in_bad_fork() is False

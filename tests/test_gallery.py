@@ -18,9 +18,9 @@ from nbdist.messages import ImageFailed, ImageReady, StepProgress, WorkerFinishe
 from nbdist.notebook.gallery import WIDGET_VIEW_MIMETYPE, Gallery
 from nbdist.notebook.gallery_state import format_seconds
 from nbdist.options import GenerateOptions
-from nbdist.parent.observer import RunInfo
-from nbdist.parent.results import GenerationResult, ImageRecord
-from nbdist.parent.static_html import StaticTile, fallback_class, live_class, render_gallery, static_class
+from nbdist.parent.output.static_html import StaticTile, fallback_class, live_class, render_gallery, static_class
+from nbdist.parent.results.observer import RunInfo
+from nbdist.parent.results.result import GenerationResult, ImageRecord
 from nbdist.worker.outbox import thumbnail_jpeg
 
 PROMPTS = ["a dog", "a cat <b>bold</b>", "a very long prompt " * 8]
@@ -265,7 +265,7 @@ def test_text_progress_follows_the_header_and_hides_next_to_the_live_gallery() -
 
 def test_every_image_the_project_writes_has_its_prompt_as_alt_text(tmp_path) -> None:
     """Static copy and index.html: no ``<img>`` without alt text (nbconvert warns, screen readers say nothing)."""
-    from nbdist.parent.index_page import write_index
+    from nbdist.parent.output.index_page import write_index
 
     run = _run(k=1)
     clock = Clock()

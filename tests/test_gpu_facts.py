@@ -18,9 +18,9 @@ from fake_gpus import fake_gpus, path_with
 from kernel import Kernel
 
 from nbdist.options import GenerateOptions, NbdistUsageError
-from nbdist.parent.devices import choose_gpus, visible_gpu_count
-from nbdist.parent.gpus import query_gpus
-from nbdist.parent.plan import plan_run
+from nbdist.parent.machine.devices import choose_gpus, visible_gpu_count
+from nbdist.parent.machine.gpus import query_gpus
+from nbdist.parent.planning.plan import plan_run
 
 SCREEN = {"memory_gb": 24, "display": True, "name": "RTX 4090"}
 HEADLESS = {"memory_gb": 24, "name": "RTX 4090"}

@@ -26,9 +26,9 @@ from huggingface_hub.utils import hf_raise_for_status
 from kernel import Kernel, assert_usage_error
 
 from nbdist.options import GenerateOptions, NbdistUsageError
-from nbdist.parent.collector import ResultBuilder
-from nbdist.parent.report import end_lines, setup_refusal
-from nbdist.parent.results import GenerationResult
+from nbdist.parent.output.report import end_lines, setup_refusal
+from nbdist.parent.results.collector import ResultBuilder
+from nbdist.parent.results.result import GenerationResult
 from nbdist.pipelines import load_pipeline
 
 GATED = "some-org/gated-model"

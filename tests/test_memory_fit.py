@@ -23,22 +23,11 @@ from kernel import Kernel, assert_usage_error
 
 import nbdist
 from nbdist.options import GenerateOptions, NbdistUsageError
-from nbdist.parent import memory_fit
-from nbdist.parent.devices import visible_gpu_count
-from nbdist.parent.gpus import query_gpus
-from nbdist.parent.memory_fit import (
-    GB,
-    GiB,
-    Machine,
-    Setting,
-    check_fit,
-    estimate,
-    fit_table,
-    gpu_need,
-    known_model,
-    refusal,
-    safetensors_bytes,
-)
+from nbdist.parent.machine import memory_fit
+from nbdist.parent.machine.devices import visible_gpu_count
+from nbdist.parent.machine.gpus import query_gpus
+from nbdist.parent.machine.memory_fit import GiB, Machine, Setting, check_fit, fit_table, gpu_need, refusal
+from nbdist.parent.machine.model_size import GB, estimate, known_model, safetensors_bytes
 
 no_gpu = pytest.mark.skipif(visible_gpu_count() > 0, reason="checks what happens on a machine without GPUs")
 
@@ -331,7 +320,7 @@ def test_quantize_found_on_the_path_is_never_imported(monkeypatch, tmp_path, flu
 
 
 def test_the_pool_key_changes_with_the_memory_options() -> None:
-    from nbdist.parent.plan import PoolKey
+    from nbdist.parent.planning.plan import PoolKey
 
     base = PoolKey("m", 1, "cuda", "bfloat16", 1, 1, False, None, "None")
     for change in ({"offload": "model"}, {"quantize": "nf4"}, {"vae_tiling": True}):
@@ -346,7 +335,7 @@ def test_magic_refuses_flux_on_a_24gb_gpu(tmp_path: Path, flux_folder: str) -> N
         assert kernel.execute("%load_ext nbdist").error is None
         ex = kernel.execute(f"%%distgen --model {flux_folder}\na lighthouse\n")
         assert_usage_error(ex, "FLUX.1-schnell needs ~33.1 GiB per worker, GPU 0 has 23.9 GiB free: add")
-        host = "import nbdist.parent.memory_fit as m; m._host_available = lambda: 256 * 2**30"
+        host = "import nbdist.parent.machine.memory_fit as m; m._host_available = lambda: 256 * 2**30"
         assert kernel.execute(host).error is None  # the same answer whatever this machine's RAM
         ex = kernel.execute(f"%%distgen --model {flux_folder}\na lighthouse\n")
         assert_usage_error(ex, "FLUX.1-schnell needs ~33.1 GiB per worker, GPU 0 has 23.9 GiB free")

@@ -23,7 +23,7 @@ from nbdist.call_settings import resolve_call
 from nbdist.jobs import make_jobs
 from nbdist.messages import ImageFailed, ImageReady
 from nbdist.options import GenerateOptions
-from nbdist.parent.report import end_lines
+from nbdist.parent.output.report import end_lines
 from nbdist.pipelines import load_pipeline
 from nbdist.worker.making import batches, make_images
 from nbdist.worker.outbox import Outbox

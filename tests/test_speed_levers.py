@@ -49,7 +49,7 @@ def test_threads_per_worker_override_reaches_the_workers(tiny_model: str, monkey
 
 
 def test_default_threads_share_the_cores(tiny_model: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nbdist.parent.devices import cpu_count
+    from nbdist.parent.machine.devices import cpu_count
 
     monkeypatch.delenv("NBDIST_THREADS_PER_WORKER", raising=False)
     result = nbdist.generate(tiny_model, PROMPTS[:2], steps=1, seed=0, num_processes=2, device="cpu")

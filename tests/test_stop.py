@@ -141,7 +141,7 @@ def test_pipelines_with_only_the_old_callback_report_steps_and_stop() -> None:
 def test_answer_time_follows_measured_steps_and_decodes() -> None:
     """The kill deadline: a step's worth for a worker in a step, a decode's worth for one in a decode."""
     from nbdist.messages import ImageReady, StepProgress
-    from nbdist.parent.answer_time import MARGIN, UNKNOWN_DECODE, AnswerTimes
+    from nbdist.parent.pool.answer_time import MARGIN, UNKNOWN_DECODE, AnswerTimes
 
     times = AnswerTimes(started_at=0.0)
     times.on_message(StepProgress(0, (0,), 1, 2), now=2.0)

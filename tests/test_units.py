@@ -7,7 +7,7 @@ import pytest
 from nbdist.jobs import make_jobs
 from nbdist.notebook.prompts import parse_prompts, prompts_from_namespace
 from nbdist.options import GenerateOptions, NbdistUsageError
-from nbdist.parent.saving import file_name, slug
+from nbdist.parent.output.saving import file_name, slug
 
 
 def test_jobs_are_numbered_in_prompt_order_with_consecutive_images() -> None:

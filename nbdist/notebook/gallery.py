@@ -29,9 +29,9 @@ from typing import Any
 from IPython.display import display, update_display
 
 from ..messages import Message
-from ..parent.grid import layout
-from ..parent.observer import RunInfo
-from ..parent.static_html import fallback_html, live_class, result_html
+from ..parent.output.grid import layout
+from ..parent.output.static_html import fallback_html, live_class, result_html
+from ..parent.results.observer import RunInfo
 from .gallery_state import GalleryState
 from .gallery_widget import FullImage, GalleryWidget, TileModel, png_bytes
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..messages import ImageFailed, ImageReady, Message, StepProgress, WorkerFinished, WorkerStarted
-from ..parent.grid import value_text
-from ..parent.observer import RunInfo
-from ..parent.static_html import image_detail
+from ..parent.output.grid import value_text
+from ..parent.output.static_html import image_detail
+from ..parent.results.observer import RunInfo
 
 __all__ = ["GalleryState", "HeaderView", "TileState", "WorkerState", "format_seconds"]
 

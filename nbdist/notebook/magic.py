@@ -16,10 +16,10 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ..arguments import magic_decorators, options_from_args
 from ..options import NbdistUsageError
 from ..parent.api import generate, shutdown, status
-from ..parent.pool import the_pool
-from ..parent.report import end_lines, setup_refusal
-from ..parent.results import GenerationResult
-from ..parent.terminal import TerminalProgress
+from ..parent.output.report import end_lines, setup_refusal
+from ..parent.output.terminal import TerminalProgress
+from ..parent.pool.warm_pool import the_pool
+from ..parent.results.result import GenerationResult
 from .gallery import Gallery
 from .prompts import parse_prompts, prompts_from_namespace
 

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..options import GenerateOptions
-from .observer import RunObserver
-from .plan import make_options, plan_run
-from .pool import PoolStatus, current_status, shutdown_pool, the_pool
-from .prompt_check import truncation_warning
-from .results import GenerationResult
-from .run import RunHandle
+from .planning.plan import make_options, plan_run
+from .planning.prompt_check import truncation_warning
+from .pool.run import RunHandle
+from .pool.warm_pool import PoolStatus, current_status, shutdown_pool, the_pool
+from .results.observer import RunObserver
+from .results.result import GenerationResult
 
 __all__ = ["generate", "shutdown", "status", "wait_interruptibly"]
 
@@ -71,7 +71,7 @@ def _default_observers(options: GenerateOptions) -> list[RunObserver]:
 
         if type(get_ipython()).__name__ == "ZMQInteractiveShell":
             return []
-    from .terminal import TerminalProgress
+    from .output.terminal import TerminalProgress
 
     return [TerminalProgress(summary=True, files=bool(options.save_dir))]
 

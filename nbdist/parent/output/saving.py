@@ -15,10 +15,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..jobs import ImageJob
-from ..messages import ImageReady, Message
-from ..sweep import value_label
-from .observer import RunInfo
+from ...jobs import ImageJob
+from ...messages import ImageReady, Message
+from ...sweep import value_label
+from ..results.observer import RunInfo
 
 __all__ = ["DiskWriter", "file_name", "slug"]
 

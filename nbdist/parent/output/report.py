@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .results import GenerationResult
+from ..results.result import GenerationResult
 
 __all__ = ["end_lines", "setup_refusal"]
 

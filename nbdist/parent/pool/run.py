@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..messages import Message, RunFinished, RunStarted, WorkerFinished, WorkerStarted
+from ...messages import Message, RunFinished, RunStarted, WorkerFinished, WorkerStarted
+from ..fork.launch import WorkerExit
+from ..output.saving import DiskWriter
+from ..planning.plan import Plan
+from ..results.collector import Fanout, ResultBuilder
+from ..results.observer import RunObserver
+from ..results.result import GenerationResult, ImageRecord, RecordSequence, WorkerFailure
 from .answer_time import AnswerTimes
-from .collector import Fanout, ResultBuilder
-from .launch import WorkerExit
-from .observer import RunObserver
-from .plan import Plan
-from .results import GenerationResult, ImageRecord, RecordSequence, WorkerFailure
-from .saving import DiskWriter
 
 __all__ = ["Run", "RunHandle"]
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..jobs import ImageJob
-from ..sweep import axis_label, value_label
+from ...jobs import ImageJob
+from ...sweep import axis_label, value_label
 
 __all__ = ["Grid", "grid_image", "layout"]
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
-from ..jobs import ImageJob
-from ..options import GenerateOptions
+from ...jobs import ImageJob
+from ...options import GenerateOptions
 
 __all__ = ["GenerationResult", "ImageRecord", "RecordSequence", "WorkerFailure", "WorkerInfo"]
 
@@ -144,7 +144,7 @@ class GenerationResult(RecordSequence):
         """A sweep's labelled grid as one PIL image (a grid per value of the further axes, stacked); None otherwise."""
         from PIL import Image
 
-        from .grid import grid_image, layout
+        from ..output.grid import grid_image, layout
 
         grids = layout(self.jobs, self.options.sweep)
         if not grids:
@@ -166,7 +166,7 @@ class GenerationResult(RecordSequence):
 
     def _repr_html_(self) -> str:
         """The static gallery (inline thumbnails): what a saved notebook or nbconvert shows."""
-        from .static_html import result_html
+        from ..output.static_html import result_html
 
         return result_html(self)
 

@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..call_settings import CallSettings, check_params, check_scheduler, resolve_call
-from ..jobs import ImageJob, make_jobs
-from ..options import GenerateOptions, NbdistUsageError
-from .devices import GpuChoice, choose_gpus, cpu_count, visible_gpu_count
-from .dtypes import default_dtype, family_of
-from .fork_safety import check_fork_safe
-from .gpus import GpuQuery, query_gpus
-from .memory_fit import check_fit
-from .observer import RunInfo
+from ...call_settings import CallSettings, check_params, check_scheduler, resolve_call
+from ...jobs import ImageJob, make_jobs
+from ...options import GenerateOptions, NbdistUsageError
+from ..machine.devices import GpuChoice, choose_gpus, cpu_count, visible_gpu_count
+from ..machine.dtypes import default_dtype, family_of
+from ..machine.fork_safety import check_fork_safe
+from ..machine.gpus import GpuQuery, query_gpus
+from ..machine.memory_fit import check_fit
+from ..results.observer import RunInfo
 
 __all__ = ["Plan", "PoolKey", "make_options", "plan_run"]
 
@@ -111,7 +111,7 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
     """Check everything checkable before a process starts and number the jobs."""
     options.validate()
     if options.sweep:
-        from ..sweep import parse_sweep
+        from ...sweep import parse_sweep
 
         options = options.with_(sweep=parse_sweep(options.sweep))  # values given in Python, checked like flags
     if not prompts:
@@ -166,7 +166,7 @@ def _check_call(pipe: Any, name: str, options: GenerateOptions) -> CallSettings:
 
 def check_sweep(pipe: Any, axes: dict[str, list[Any]]) -> None:
     """Every sweep value must work with this pipeline: sizes, schedulers, call argument names."""
-    from ..sweep import BUILTIN_AXES
+    from ...sweep import BUILTIN_AXES
 
     scale = getattr(pipe, "vae_scale_factor", None)
     for name, values in axes.items():
@@ -243,7 +243,7 @@ def _threads_per_worker(device_type: str, n: int) -> int:
 def _pipeline(model_or_pipe: Any, dtype: str, options: GenerateOptions) -> tuple[Any, str]:
     """The pipeline object and a name for it (the model id or folder, or the pipeline's class)."""
     if isinstance(model_or_pipe, str | os.PathLike):
-        from ..pipelines import cached_pipeline
+        from ...pipelines import cached_pipeline
 
         model = os.fspath(model_or_pipe)
         if options.quantize is not None:  # quantized in the workers, on their GPUs: never loaded here
@@ -266,7 +266,7 @@ def _plan_device_map(
     Loading here would put a model meant for several GPUs into the kernel's memory, and placing it
     would initialise CUDA in the kernel; so the plan only checks, and the pipeline slot stays empty.
     """
-    from ..placement import check_placement
+    from ...placement import check_placement
 
     check_placement(options, visible_gpu_count(gpus))
     if not isinstance(model_or_pipe, str | os.PathLike):
@@ -274,7 +274,7 @@ def _plan_device_map(
             "--device-map balanced loads the model itself with from_pretrained: give --model ID_OR_PATH, "
             "not a pipeline that is already loaded"
         )
-    from ..pipelines import looks_like_path
+    from ...pipelines import looks_like_path
 
     model = os.fspath(model_or_pipe)
     if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):

@@ -17,9 +17,9 @@ import tempfile
 import time
 from typing import Any
 
-from ..messages import Command, WorkerStarted
-from ..options import GenerateOptions
-from ..spec import PoolSpec
+from ...messages import Command, WorkerStarted
+from ...options import GenerateOptions
+from ...spec import PoolSpec
 from .launch import WorkerExit, deaths, loopback_store, muted_stdout, start_launcher, stop_workers, workers_since
 
 __all__ = ["WorkerGroup"]
@@ -65,7 +65,7 @@ class WorkerGroup:
 
     def start(self) -> None:
         """Fork the workers (returns at once; each says ``WorkerStarted`` when its pipeline is placed)."""
-        from ..worker import serve
+        from ...worker import serve
 
         self._before = {p.pid for p in multiprocessing.active_children()}
         self._environ = dict(os.environ)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..options import NbdistUsageError
+from ...options import NbdistUsageError
 from .devices import cuda_initialized
 from .gpus import compute_apps
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..jobs import ImageJob
+from ...jobs import ImageJob
 from .static_html import StaticTile, render_gallery
 
 __all__ = ["write_index"]

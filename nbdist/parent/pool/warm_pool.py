@@ -30,11 +30,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..messages import Message, RunCommand, RunFinished, RunStarted, WorkerFinished, WorkerStarted
-from .fingerprint import fingerprint, what_changed
-from .plan import Plan, PoolKey, dispatch_order
+from ...messages import Message, RunCommand, RunFinished, RunStarted, WorkerFinished, WorkerStarted
+from ..fork.workers import WorkerGroup
+from ..planning.fingerprint import fingerprint, what_changed
+from ..planning.plan import Plan, PoolKey, dispatch_order
 from .run import Run, RunHandle
-from .workers import WorkerGroup
 
 __all__ = ["STOP_GRACE", "PoolStatus", "WorkerPool", "idle_timeout_default"]
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ..messages import ImageFailed, ImageReady, Message, StepProgress, WorkerFinished, WorkerStarted
-from .observer import RunInfo
+from ...messages import ImageFailed, ImageReady, Message, StepProgress, WorkerFinished, WorkerStarted
+from ..results.observer import RunInfo
 from .saving import file_name
 
 __all__ = ["TerminalProgress"]

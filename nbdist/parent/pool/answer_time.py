@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ..messages import ImageFailed, ImageReady, Message, StepProgress
+from ...messages import ImageFailed, ImageReady, Message, StepProgress
 
 __all__ = ["AnswerTimes"]
 

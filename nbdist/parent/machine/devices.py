@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from ..options import NbdistUsageError
+from ...options import NbdistUsageError
 from .gpus import GpuQuery, query_gpus
 
 __all__ = ["GpuChoice", "choose_gpus", "cpu_count", "cuda_initialized", "visible_gpu_count"]

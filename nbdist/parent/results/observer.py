@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..jobs import ImageJob
-from ..messages import Message
-from ..options import GenerateOptions
+from ...jobs import ImageJob
+from ...messages import Message
+from ...options import GenerateOptions
 
 __all__ = ["RunInfo", "RunObserver"]
 

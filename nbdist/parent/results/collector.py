@@ -15,9 +15,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..messages import ImageFailed, ImageReady, Message, WorkerFinished, WorkerStarted
+from ...messages import ImageFailed, ImageReady, Message, WorkerFinished, WorkerStarted
 from .observer import RunInfo, RunObserver
-from .results import ImageRecord, WorkerFailure, WorkerInfo
+from .result import ImageRecord, WorkerFailure, WorkerInfo
 
 __all__ = ["Collector", "Fanout", "ResultBuilder"]
 
@@ -121,7 +121,7 @@ class Collector:
     """Reads one run's worker queue on a background thread and fans messages out to observers.
 
     Used where processes make one run and exit (the CLI under torchrun); the kernel's warm pool reads
-    its queue on the pool thread instead (``parent/pool.py``).
+    its queue on the pool thread instead (``parent/pool/warm_pool.py``).
     """
 
     def __init__(self, source: Any, observers: Sequence[RunObserver], num_workers: int) -> None:

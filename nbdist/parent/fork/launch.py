@@ -9,7 +9,7 @@ Why not call the launcher plainly from the kernel's main thread:
 - torch elastic, called from the main thread, replaces the kernel's SIGINT handler with one that
   raises ``SignalException`` and never puts the old one back; it then stops workers with a 30 s grace
   period. nbdist runs the launcher on a helper thread instead (elastic then leaves signals alone) for
-  as long as the warm workers live; the notebook's stop button cancels the run (``parent/pool.py``),
+  as long as the warm workers live; the notebook's stop button cancels the run (``parent/pool/warm_pool.py``),
   and only workers that do not stop get SIGINT, then SIGTERM, then SIGKILL (``STOP_SCHEDULE``).
 - with ``max_restarts=0`` a worker that dies makes elastic stop the others and raise
   ``ChildFailedError`` with pages of traceback; nbdist turns that into ``WorkerExit`` records.
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from ..worker.lifecycle import detached
+from ...worker.lifecycle import detached
 
 __all__ = [
     "STOP_SCHEDULE",
@@ -219,7 +219,7 @@ def _library_check_for_nbdist(original: Callable[..., list[str]]) -> Callable[..
 
     ``notebook_launcher`` refuses to fork when ``bitsandbytes`` is a key of ``sys.modules``, as a
     stand-in for "CUDA may be initialised". On nbdist's launcher threads that question was already
-    answered directly, before the fork (``parent/fork_safety.py``: torch's bad-fork probe and the
+    answered directly, before the fork (``parent/machine/fork_safety.py``: torch's bad-fork probe and the
     driver's list of CUDA contexts), so the stand-in is dropped there; and a ``None`` entry (nbdist's
     "not importable here" marker, ``device_libraries.py``) is never an import, on any thread.
     """
