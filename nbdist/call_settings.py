@@ -22,7 +22,7 @@ from typing import Any
 
 from .options import GenerateOptions, NbdistUsageError
 
-__all__ = ["CHECKPOINTS", "CallSettings", "check_params", "check_scheduler", "resolve_call"]
+__all__ = ["CHECKPOINTS", "CallSettings", "call_parameters", "check_params", "check_scheduler", "resolve_call"]
 
 # Settings from the model cards of checkpoints whose pipeline class defaults do not suit them.
 CHECKPOINTS: dict[str, dict[str, float | int]] = {
@@ -67,7 +67,7 @@ class CallSettings:
         return int(self.effective.get("steps") or 1)
 
 
-def _signature(pipe: Any) -> dict[str, inspect.Parameter] | None:
+def call_parameters(pipe: Any) -> dict[str, inspect.Parameter] | None:
     """The pipeline's call arguments; None without a pipeline (``--device-map``: the kernel loads none).
 
     A subclass whose ``__call__`` takes ``**kwargs`` and hands them to ``super()`` (a user's wrapper)
@@ -122,7 +122,7 @@ def default_size(pipe: Any) -> tuple[int | None, int | None]:
 
 def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> CallSettings:
     """Effective settings for ``pipe`` with ``options``: user > model file > table > the class's default."""
-    signature = _signature(pipe)
+    signature = call_parameters(pipe)
     params = signature if signature is not None else {a: None for a in (*_ARGUMENT.values(), "negative_prompt")}
     chosen, source = recommended(model)
     kwargs: dict[str, Any] = {}
@@ -172,7 +172,9 @@ def _unused(pipe: Any, params: dict[str, inspect.Parameter], options: GenerateOp
 def check_params(pipe: Any, params: dict[str, Any]) -> None:
     """Every ``--param`` must be an argument of the pipeline's ``__call__`` that nbdist does not set itself."""
     known = [
-        n for n, p in (_signature(pipe) or {}).items() if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
+        n
+        for n, p in (call_parameters(pipe) or {}).items()
+        if n != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD
     ]
     cls = type(pipe).__name__
     for name in params:

@@ -6,13 +6,12 @@ generators, which diffusers uses one per image, so batching changes float roundi
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..call_settings import CallSettings
+from ..call_settings import CallSettings, call_parameters
 from ..jobs import ImageJob
 from ..sweep import job_call
 
@@ -107,7 +106,7 @@ def step_callback(pipe: Any, reporter: StepReporter) -> dict[str, Any]:
     has only those. PixArt-Σ is one: its ``__call__`` also takes ``**kwargs``, so a
     ``callback_on_step_end`` would be swallowed without effect (no progress, and no Stop).
     """
-    params = inspect.signature(type(pipe).__call__).parameters
+    params = call_parameters(pipe) or {}  # down the MRO past wrappers that take **kwargs
     if "callback_on_step_end" in params:
         return {"callback_on_step_end": reporter}
     if "callback" in params:

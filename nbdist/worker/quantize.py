@@ -7,7 +7,10 @@ the same rule the memory plan used for its estimate.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
+
+from ..device_libraries import import_in_worker
 
 __all__ = ["quantization_config"]
 
@@ -40,6 +43,12 @@ def quantization_config(kind: str, model: str, dtype: str, revision: str | None 
 
     index = _index(model, revision)
     names = quantized_components({name: cls for name, (_, cls) in index.items()})
+    if kind in ("nf4", "int8"):
+        # kept out of the kernel (it starts CUDA on import); diffusers' bitsandbytes helpers skipped their
+        # import while it was hidden and need the module now (device_libraries.import_in_worker). Not
+        # installed: diffusers says so itself (the plan refuses that before any worker starts).
+        with contextlib.suppress(ImportError):
+            import_in_worker("bitsandbytes")
     if kind == "nf4":
         kwargs = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": getattr(torch, dtype)}
         return PipelineQuantizationConfig("bitsandbytes_4bit", kwargs, components_to_quantize=names)
