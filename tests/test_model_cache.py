@@ -3,7 +3,7 @@
 Why: a real model is gigabytes of the kernel's RAM; a cache that kept every model a notebook ever
 named grew by one model per switch. Checked with weak references in a real kernel after real runs
 (the warm pool, the results and the cache are all in play), and in this process for
-``NBDIST_CACHE_SIZE``. Measured figures: README ("Memory in the kernel").
+``NBDIST_CACHE_SIZE``. Measured figures: docs/usage.md ("Memory in the kernel").
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ sends what changed at most every ``interval`` seconds, so hundreds of images and
 few comm messages per tick, not one per message. Widgets are created in ``on_start``: a magic that
 fails its argument checks never opens a comm.
 
-Output contract (see README, "Gallery"): the cell shows one ``display_data`` holding the live widget
+Output contract (docs/how-it-works.md): the cell shows one ``display_data`` holding the live widget
 (and a one-line text/plain for viewers without widgets); the static copy is the run result's text/html,
 which the magic returns as the cell's value. Widget and result share a per-run token (a CSS class on
 each), so the two pair up and only one of them shows.

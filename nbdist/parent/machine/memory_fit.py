@@ -13,7 +13,7 @@ loading anything and without ``torch.cuda``:
   decode, each for one 1024x1024 image, scaled by pixels and batch size (rough, and documented as such);
 - the GPUs' free memory from ``nvidia-smi`` (``gpus.query_gpus``) and the host's available RAM.
 
-The same arithmetic picks the flags to suggest and renders the README's "GPUs and big models" table
+The same arithmetic picks the flags to suggest and renders the memory table of docs/gpus.md
 (``fit_table``), so the advice, the refusals and the documentation cannot disagree.
 """
 
@@ -353,7 +353,7 @@ def check_fit(
         raise NbdistUsageError(message)
 
 
-# -- the README's table -------------------------------------------------------------------------------
+# -- the table in docs/gpus.md ------------------------------------------------------------------------
 
 TABLE_MODELS = (
     ("SD1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
@@ -366,7 +366,7 @@ TABLE_GPUS = (16, 24, 40, 80)
 
 
 def fit_table() -> str:
-    """The README's "GPUs and big models" table, from the same arithmetic as the refusals.
+    """The memory table of docs/gpus.md ("Big models: offload and quantize"), from the same arithmetic as the refusals.
 
     Each cell: one worker per GPU, the whole GPU free (``N`` GiB as nvidia-smi counts), 16-bit weights,
     the model's own image size, batch 1, enough host RAM.
