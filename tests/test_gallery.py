@@ -182,13 +182,15 @@ def test_end_pairs_the_widget_with_the_static_copy() -> None:
     ]
     records[0].thumbnail = ready.thumbnail
     result = _result(gallery, run, records)
+    result.interrupted = True
     gallery.on_end(result)
 
     widget = gallery.widget
     assert widget is not None
     assert widget.header["finished"] is True
     assert widget.header["stats"] == result.summary()
-    assert widget.tiles[2].status == "queued"  # interrupted: back to queued, not stuck at "step 1/4"
+    # interrupted: neither stuck at "step 1/4" nor "queued" for work that will not come
+    assert widget.tiles[2].status == "stopped" and widget.tiles[2].label == "not generated (stopped)"
     assert f"nbdist-live-{gallery.token}" in widget._dom_classes
     assert result.display_token == gallery.token
 
@@ -197,7 +199,7 @@ def test_end_pairs_the_widget_with_the_static_copy() -> None:
     assert page.count("<img ") == 1 and "data:image/jpeg;base64," in page
     assert "ValueError: &lt;bad&gt; &amp; worse" in page  # errors shown, escaped
     assert "a cat &lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
-    assert "not generated" in page  # the interrupted image has a tile saying so
+    assert "not generated (stopped)" in page  # the interrupted image has a tile saying so
     assert "#0 · seed 10 · worker 0 (cpu) · 0.5 s" in page
     # The pairing rule hides the copy only next to this run's live gallery.
     assert f".jp-OutputArea-child:has(.nbdist-live-{gallery.token})~" in page
@@ -392,3 +394,174 @@ def test_a_sweep_is_laid_out_as_labelled_grids_in_the_widget() -> None:
     assert "2–4 steps" in gallery.widget.header["title"]
     assert "steps 0/24" in gallery.widget.header["stats"]  # each image's own step count: 4 × 2 + 4 × 4
     assert _gallery(Clock()).widget.grids == []  # no sweep: tiles flow in prompt order
+
+
+# -- issue 18: stopped runs, queued runs, background static copies, downloads, sweep captions --------
+
+
+def test_stop_says_stopped_on_unfinished_tiles_and_busy_workers() -> None:
+    """After Stop, tiles left say "not generated (stopped)" and a worker with work left says "stopped"."""
+    clock = Clock()
+    run = _run(k=2)
+    gallery = _gallery(clock, run)
+    gallery.on_message(WorkerStarted(0, "cpu", 1, 2, 1))
+    gallery.on_message(WorkerStarted(1, "cpu", 2, 4, 1))
+    for index in (0, 1):
+        gallery.on_message(_ready(index, 0))
+    gallery.on_message(WorkerFinished(0))  # worker 0 made its whole share before the Stop
+    gallery.on_message(_ready(2, 1))
+    gallery.on_message(StepProgress(1, (3,), 2, 4))
+    gallery.on_message(WorkerFinished(1))  # the cancelled run's end, as the pool reports it
+    records = [ImageRecord(i, run.jobs[i].prompt, i, run.jobs[i].seed, rank=0, thumbnail=b"\xff") for i in (0, 1, 2)]
+    result = _result(gallery, run, records)
+    result.interrupted = True
+    gallery.on_end(result)
+    widget = gallery.widget
+    assert [t.status for t in widget.tiles] == ["done"] * 3 + ["stopped"] * 3
+    assert {t.label for t in widget.tiles[3:]} == {"not generated (stopped)"}
+    assert [t.fraction for t in widget.tiles[3:]] == [0.0] * 3
+    assert widget.header["workers"] == ["worker 0 · cpu · 2/2 images · done", "worker 1 · cpu · 1/4 images · stopped"]
+    assert gallery.static_html(result).count("not generated (stopped)") == 3
+    assert "queued" not in gallery.static_html(result)
+
+
+def test_a_run_that_lost_images_without_a_stop_says_not_generated() -> None:
+    gallery = _gallery(Clock())
+    run = gallery._run
+    gallery.on_message(WorkerStarted(0, "cpu", 1, 3, 1))
+    gallery.on_end(_result(gallery, run, []))  # a worker died: nothing was stopped
+    assert {t.label for t in gallery.widget.tiles} == {"not generated"}
+    assert gallery.widget.header["workers"][0] == "worker 0 · cpu · 0/3 images · done"
+
+
+def test_queued_run_workers_say_waiting() -> None:
+    """Queued behind another run, the workers are busy with that one: not "loading the pipeline"."""
+    clock = Clock()
+    gallery = _gallery(clock)
+    gallery.on_queued(1)
+    assert gallery.widget.header["workers"] == ["worker 0 · waiting", "worker 1 · waiting"]
+    gallery.on_message(WorkerStarted(0, "cpu", 1, 3, 1))  # the workers took it
+    gallery.flush()
+    assert gallery.widget.header["workers"][0] == "worker 0 · cpu · 0/3 images · waiting"
+    assert "waiting" not in gallery.widget.header["workers"][1]
+
+
+class Displays:
+    """Records ``display`` / ``update_display`` calls of the gallery module by display id."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import nbdist.notebook.gallery as module
+
+        self.sent: list[tuple[str, str | None, dict]] = []
+        monkeypatch.setattr(module, "display", lambda b, raw=True, display_id=None: self._add("display", display_id, b))
+        monkeypatch.setattr(
+            module, "update_display", lambda b, raw=True, display_id=None: self._add("update", display_id, b)
+        )
+
+    def _add(self, kind: str, display_id: str | None, bundle: dict) -> None:
+        self.sent.append((kind, display_id, bundle))
+
+    def of(self, display_id: str) -> list[dict]:
+        return [bundle for _kind, did, bundle in self.sent if did == display_id]
+
+
+def test_background_run_keeps_a_static_copy_as_images_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Out[] follows a background run: its own display holds the static copy, so a saved notebook keeps it."""
+    shown = Displays(monkeypatch)
+    clock = Clock()
+    run = _run(k=1)
+    gallery = Gallery(interval=0.2, clock=clock, fallback=False, background=True)
+    gallery.on_start(run)
+    static_id = next(did for kind, did, _ in shown.sent if kind == "display" and did)
+    first = shown.of(static_id)[0]
+    assert static_class(gallery.token) in first["text/html"] and "<img " not in first["text/html"]
+    assert first["text/html"].count("not generated yet") == 3
+    gallery.on_message(_ready(0, 0))
+    gallery.on_tick()  # the first image: at once
+    assert len(shown.of(static_id)) == 2 and shown.of(static_id)[-1]["text/html"].count("<img ") == 1
+    assert "still running: 1 of 3 images so far" in shown.of(static_id)[-1]["text/plain"]
+    gallery.on_message(_ready(1, 1))
+    clock.now += 0.5
+    gallery.on_tick()  # the widget gets it; the static copy waits (each update re-sends every thumbnail)
+    assert len(shown.of(static_id)) == 2 and gallery.tiles[1].status == "done"
+    clock.now += 2.0
+    gallery.on_tick()
+    assert shown.of(static_id)[-1]["text/html"].count("<img ") == 2
+    clock.now += 5.0
+    gallery.on_tick()  # nothing new: nothing sent
+    assert len(shown.of(static_id)) == 3
+    ready = _ready(2, 0)
+    gallery.on_message(ready)
+    records = [
+        ImageRecord(i, PROMPTS[i], i, 10 + i, image=ready.to_pil(), rank=0, thumbnail=ready.thumbnail) for i in range(3)
+    ]
+    result = _result(gallery, run, records)
+    gallery.on_end(result)
+    final = shown.of(static_id)[-1]
+    assert final["text/html"] == result._repr_html_()  # exactly the copy a blocking run's Out[] holds
+    assert final["text/html"].count("<img ") == 3 and result.summary() in final["text/plain"]
+
+
+def test_a_blocking_run_has_no_extra_static_display(monkeypatch: pytest.MonkeyPatch) -> None:
+    shown = Displays(monkeypatch)
+    gallery = Gallery(fallback=False)
+    gallery.on_start(_run(k=1))
+    gallery.on_message(_ready(0, 0))
+    gallery.on_tick()
+    assert [kind for kind, _did, _b in shown.sent] == ["display"]  # the widget only: its Out[] is the copy
+
+
+def test_download_png_carries_the_parameters_the_saved_pngs_do(tmp_path) -> None:
+    """ "Download PNG" in the viewer: the same text chunk as a ``--save-dir`` PNG (PIL, exiftool read it)."""
+    import json
+
+    from nbdist.parent.output.saving import DiskWriter
+
+    run = _run(k=1)
+    gallery = _gallery(Clock(), run)
+    writer = DiskWriter(tmp_path)
+    writer.on_start(run)
+    ready = _ready(1, 1, (10, 200, 10))
+    writer.on_message(ready)
+    record = ImageRecord(1, PROMPTS[1], 1, 11, image=ready.to_pil(), rank=1, device="cpu", seconds=0.5)
+    result = _result(gallery, run, [record])
+    writer.on_end(result)
+    gallery.on_end(result)
+    answer = gallery.full_image(1)
+    downloaded = Image.open(io.BytesIO(answer.png))
+    saved = Image.open(next(tmp_path.glob("*.png")))
+    assert downloaded.text == saved.text
+    meta = json.loads(downloaded.text["nbdist"])
+    assert meta["prompt"] == PROMPTS[1] and meta["seed"] == 11 and meta["steps"] == 4 and meta["model"] == "tiny-model"
+    assert downloaded.getpixel((5, 5)) == (10, 200, 10)
+
+
+def _sweep_result(prompts: list[str], axes: dict[str, list[object]]) -> tuple[Gallery, GenerationResult]:
+    opts = GenerateOptions(seed=0, sweep=axes)
+    jobs = make_jobs(prompts, 1, 0, sweep=axes)
+    run = RunInfo(jobs, opts, "tiny-model", 0, 2, "cpu", 64, 64)
+    gallery = _gallery(Clock(), run)
+    records = [
+        ImageRecord(j.index, j.prompt, j.prompt_index, j.seed, rank=0, thumbnail=b"\xff", params=j.settings)
+        for j in jobs
+    ]
+    result = _result(gallery, run, records)
+    result.jobs = jobs
+    gallery.on_end(result)
+    return gallery, result
+
+
+def test_sweep_captions_leave_the_prompt_to_the_row_label() -> None:
+    gallery, result = _sweep_result(PROMPTS[:2], {"guidance": [3.0, 7.5], "steps": [2, 4]})
+    assert {t.caption for t in gallery.widget.tiles} == {""}  # the row label says it
+    assert [t.prompt for t in gallery.widget.tiles][:2] == [PROMPTS[0]] * 2  # still there for alt text, viewer
+    page = result._repr_html_()
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == 8 and all(c.startswith("<small>") and "a dog" not in c for c in captions)
+    assert page.count('<th scope="row">a dog</th>') == 2  # one row per steps value's grid
+    assert 'alt="a dog"' in page
+    # One prompt and two axes: the rows are the second axis, so the caption keeps the prompt.
+    gallery, result = _sweep_result(["a dog"], {"guidance": [3.0, 7.5], "steps": [2, 4]})
+    assert {t.caption for t in gallery.widget.tiles} == {"a dog"}
+    assert all(c.startswith("a dog<br>") for c in re.findall(r"<figcaption>(.*?)</figcaption>", result._repr_html_()))
+    assert {t.caption for t in _gallery(Clock()).widget.tiles} == set(PROMPTS)  # no sweep: the prompt

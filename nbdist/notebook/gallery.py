@@ -15,6 +15,11 @@ about once a second with ``update_display_data``: those updates are plain output
 so they reach the cell even where the widget cannot be drawn (a JupyterLab kernel connection that
 ignores comm messages, a front end without the widget extension). CSS hides it next to the drawn live
 gallery; it is emptied when the run ends (the static copy then says it all).
+
+A background run (``--background``) has no ``Out[]``: its cell returns at once. Its static copy is a
+third ``display_data`` with a display id instead, updated as images arrive (at most every
+``static_interval`` seconds, longer for big runs: each update re-sends every thumbnail) and replaced
+by the finished run's copy at the end, so a notebook saved mid-run or after it keeps its gallery.
 """
 
 from __future__ import annotations
@@ -30,15 +35,26 @@ from IPython.display import display, update_display
 
 from ..messages import Message
 from ..parent.output.grid import layout
-from ..parent.output.static_html import fallback_html, live_class, result_html
+from ..parent.output.saving import image_metadata, png_text, run_parameters
+from ..parent.output.static_html import (
+    StaticTile,
+    data_uri,
+    fallback_html,
+    image_detail,
+    live_class,
+    result_html,
+    static_copy,
+)
 from ..parent.results.observer import RunInfo
-from .gallery_state import GalleryState
+from .gallery_state import GalleryState, TileState
 from .gallery_widget import FullImage, GalleryWidget, TileModel, png_bytes
 
 __all__ = ["WIDGET_VIEW_MIMETYPE", "Gallery"]
 
 WIDGET_VIEW_MIMETYPE = "application/vnd.jupyter.widget-view+json"
 FALLBACK_INTERVAL = 1.0  # seconds between text progress updates (each one re-renders a few lines)
+STATIC_INTERVAL = 2.0  # least seconds between updates of a background run's static copy
+STATIC_SECONDS_PER_MB = 2.0  # and more for a big copy: it is re-sent whole, thumbnails and all
 
 
 def _in_kernel() -> bool:
@@ -57,8 +73,16 @@ class Gallery:
         clock: Callable[[], float] = time.monotonic,
         fallback: bool | None = None,
         fallback_interval: float = FALLBACK_INTERVAL,
+        background: bool = False,
+        static_interval: float = STATIC_INTERVAL,
     ) -> None:
         self.interval = interval
+        self.background = background  # no Out[] will follow: the gallery keeps a static copy in the cell
+        self.static_interval = static_interval
+        self._static_id = f"nbdist-static-{secrets.token_hex(8)}"
+        self._static_at = float("-inf")
+        self._static_shown: tuple[int, int] = (-1, -1)  # (done, failed) in the static copy last sent
+        self._static_wait = static_interval
         self.fallback_interval = fallback_interval
         self._fallback = fallback  # None: decided in on_start (on in a kernel)
         self._fallback_id = f"nbdist-progress-{secrets.token_hex(8)}"
@@ -71,6 +95,8 @@ class Gallery:
         self.tiles: dict[int, TileModel] = {}
         self._last_flush = 0.0
         self._result: Any = None
+        self._run: RunInfo | None = None
+        self._params: dict[str, Any] = {}
         self.token = secrets.token_hex(6)
 
     # -- observer protocol ------------------------------------------------------------------------
@@ -78,12 +104,18 @@ class Gallery:
     def on_start(self, run: RunInfo) -> None:
         """Build the widgets (one comm per tile, one for the grid) and show them."""
         self.state = GalleryState(run, clock=self._clock)
-        self.tiles = {tile.index: TileModel.from_state(tile) for tile in self.state.tiles}
+        self._run, self._params = run, run_parameters(run)
+        grids = layout(run.jobs, run.options.sweep)
+        labelled = {i for g in grids if g.prompt_rows for row in g.cells for i in row}  # prompt is the row label
+        self.tiles = {
+            tile.index: TileModel.from_state(tile, caption="" if tile.index in labelled else None)
+            for tile in self.state.tiles
+        }
         self.widget = GalleryWidget(
             tiles=list(self.tiles.values()),
             aspect=run.width / run.height if run.height else 1.0,
             full_image=self.full_image,
-            grids=[asdict(grid) for grid in layout(run.jobs, run.options.sweep)],
+            grids=[asdict(grid) for grid in grids],
         )
         self.widget.add_class("nbdist-live")
         self.widget.add_class(live_class(self.token))
@@ -96,6 +128,9 @@ class Gallery:
             bundle = self.fallback_bundle()
             display(bundle, raw=True, display_id=self._fallback_id)
             self._fallback_sent, self._last_fallback = bundle, self._clock()
+        if self.background:
+            display(self.static_bundle(), raw=True, display_id=self._static_id)
+            self._static_at = self._clock()
 
     def on_message(self, msg: Message) -> None:
         """Absorb a message; nothing is sent until the next tick (the run's first image: at once)."""
@@ -134,9 +169,11 @@ class Gallery:
         result.display_token = self.token
         self.widget.stoppable = False
         with self._lock:
-            self.state.finish(result.summary())
+            self.state.finish(result.summary(), stopped=bool(getattr(result, "interrupted", False)))
         self.flush()
         self._update_fallback(final=True)
+        if self.background:
+            update_display(self.static_bundle(result), raw=True, display_id=self._static_id)
 
     # -- the rest ---------------------------------------------------------------------------------
 
@@ -153,6 +190,8 @@ class Gallery:
         self.widget.show_header(header)
         if self._clock() - self._last_fallback >= self.fallback_interval:
             self._update_fallback()
+        if self.background and self._result is None:
+            self._update_static()
 
     def fallback_bundle(self, final: bool = False) -> dict[str, Any]:
         """The text progress: the header's lines; once the run is over, none (the static copy follows)."""
@@ -176,6 +215,37 @@ class Gallery:
             update_display(bundle, raw=True, display_id=self._fallback_id)
             self._fallback_sent = bundle
 
+    def static_bundle(self, result: Any = None) -> dict[str, Any]:
+        """A background run's static copy: the finished run's (``result``), or the images so far.
+
+        The copy of a run still going carries the same token, so it hides next to the live gallery
+        like the finished one; it is what a notebook saved mid-run shows once reopened.
+        """
+        assert self.state is not None and self._run is not None
+        if result is not None:
+            return {"text/html": result_html(result), "text/plain": f"nbdist gallery: {result.summary()}"}
+        with self._lock:
+            tiles = {tile.index: _static_tile(tile) for tile in self.state.tiles}
+            done, total = self.state.done, len(self.state.tiles)
+        heading = f"still running: {done} of {total} images so far"
+        run = self._run
+        page = static_copy(tiles, heading, self.token, run.jobs, run.options.sweep)
+        return {"text/html": page, "text/plain": f"nbdist gallery: {heading}"}
+
+    def _update_static(self) -> None:
+        """Refresh a background run's static copy when images arrived; the first one at once, then throttled."""
+        assert self.state is not None
+        shown = (self.state.done, self.state.failed)
+        if shown == self._static_shown:
+            return
+        first = self._static_shown[0] <= 0 < shown[0]
+        if not first and self._clock() - self._static_at < self._static_wait:
+            return
+        bundle = self.static_bundle()
+        update_display(bundle, raw=True, display_id=self._static_id)
+        self._static_shown, self._static_at = shown, self._clock()
+        self._static_wait = max(self.static_interval, STATIC_SECONDS_PER_MB * len(bundle["text/html"]) / 1e6)
+
     def mimebundle(self) -> dict[str, Any]:
         """The display bundle: the widget view plus a line for viewers without widget support."""
         assert self.widget is not None and self.state is not None
@@ -192,8 +262,35 @@ class Gallery:
         if record is None or record.image is None:
             return (record.error if record is not None else None) or "this image was not generated"
         width, height = record.image.size
-        return FullImage(png_bytes(record.image), f"nbdist-{index:04d}-seed{record.seed}.png", width, height)
+        return FullImage(
+            png_bytes(record.image, self._png_text(record)), f"nbdist-{index:04d}-seed{record.seed}.png", width, height
+        )
+
+    def _png_text(self, record: Any) -> Any:
+        """The PNG text chunk for a record: the same parameters the PNGs ``--save-dir`` writes carry."""
+        job = next((j for j in self._run.jobs if j.index == record.index), None) if self._run is not None else None
+        if job is None:
+            return None
+        meta = image_metadata(
+            self._params,
+            job,
+            size=record.image.size,
+            rank=record.rank,
+            device=record.device,
+            seconds=record.seconds,
+            note=getattr(record, "note", None),
+        )
+        return png_text(meta)
 
     def static_html(self, result: Any) -> str:
         """The static copy of the run (the result's text/html)."""
         return result_html(result)
+
+
+def _static_tile(tile: TileState) -> StaticTile:
+    """A tile of a background run's static copy while it is still going (what the live tile shows)."""
+    detail = image_detail(tile.index, tile.seed, tile.rank, tile.device, tile.seconds, params=tile.params)
+    if tile.thumbnail:
+        return StaticTile(src=data_uri(tile.thumbnail), caption=tile.prompt, title=tile.prompt, detail=detail)
+    error = tile.label if tile.status in ("failed", "stopped", "missing") else "not generated yet"
+    return StaticTile(src=None, caption=tile.prompt, title=tile.prompt, error=error, detail=detail)

@@ -19,8 +19,8 @@ from ..parent.results.observer import RunInfo
 
 __all__ = ["GalleryState", "HeaderView", "TileState", "WorkerState", "format_seconds"]
 
-TileStatus = Literal["queued", "running", "done", "failed"]
-WorkerStatus = Literal["starting", "running", "done", "failed"]
+TileStatus = Literal["queued", "running", "done", "failed", "stopped", "missing"]
+WorkerStatus = Literal["starting", "running", "done", "failed", "stopped"]
 
 
 def format_seconds(seconds: float) -> str:
@@ -61,6 +61,10 @@ class TileState:
             return f"step {self.step}/{self.total} · worker {self.rank}"
         if self.status == "failed":
             return f"failed: {self.error}"
+        if self.status == "stopped":
+            return "not generated (stopped)"
+        if self.status == "missing":
+            return "not generated"
         return ""
 
     @property
@@ -196,16 +200,27 @@ class GalleryState:
             tile.status, tile.rank, tile.step, tile.total = "running", msg.rank, msg.step, msg.total
             self._dirty.add(index)
 
-    def finish(self, summary: str) -> None:
-        """The run is over: nothing runs any more (an interrupted image goes back to "queued")."""
+    def finish(self, summary: str, stopped: bool = False) -> None:
+        """The run is over: no tile is "queued" or "running" any more, no worker "loading".
+
+        An unfinished tile says it was not generated, and why when the run was stopped (Stop, an
+        interrupt, ``cancel()``), so a tile never claims to wait for work that will not come. A worker
+        that had not finished its share when the run was stopped says "stopped", not "done".
+        """
         self.summary = summary
+        self.queued_behind = 0
         for tile in self.tiles:
-            if tile.status == "running":
-                tile.status = "queued"
+            if tile.status in ("queued", "running"):
+                tile.status, tile.step = ("stopped" if stopped else "missing"), 0
                 self._dirty.add(tile.index)
         for worker in self.workers.values():
             worker.current = ()
-            if worker.status in ("starting", "running"):
+            if worker.status == "failed":
+                continue
+            share_done = worker.status == "done" and 0 <= worker.planned <= worker.done
+            if stopped and not share_done:
+                worker.status = "stopped"
+            elif worker.status in ("starting", "running"):
                 worker.status = "done"
 
     def take_dirty(self) -> list[TileState]:
@@ -234,7 +249,7 @@ class GalleryState:
         return sum(
             (t.total or t.steps) if t.status in ("done", "failed") else t.step
             for t in self.tiles
-            if t.status != "queued"
+            if t.status in ("running", "done", "failed")
         )
 
     def elapsed(self) -> float:
@@ -288,10 +303,14 @@ class GalleryState:
     def _worker_line(self, worker: WorkerState) -> str:
         where = f"worker {worker.rank}" + (f" · {worker.device}" if worker.device else "")
         count = f"{worker.done}/{worker.planned} images" if worker.planned >= 0 else f"{worker.done} images"
+        if self.queued_behind and worker.status == "starting":  # busy with the runs before this one
+            return f"{where} · waiting"
         if worker.status == "starting":
             return f"{where} · loading the pipeline…"
         if worker.status == "failed":
             return f"{where} · failed: {worker.error}"
+        if worker.status == "stopped":
+            return f"{where} · {count} · stopped"
         if worker.status == "done" or not worker.current:
             return f"{where} · {count} · {'done' if worker.status == 'done' else 'waiting'}"
         first = self._by_index[worker.current[0]]

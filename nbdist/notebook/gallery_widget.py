@@ -40,10 +40,13 @@ class FullImage:
     height: int
 
 
-def png_bytes(image: Any) -> bytes:
-    """Encode a PIL image as PNG, fast (level 1: a few times faster than the default, a bit larger)."""
+def png_bytes(image: Any, info: Any = None) -> bytes:
+    """Encode a PIL image as PNG, fast (level 1: a few times faster than the default, a bit larger).
+
+    ``info``: a ``PngInfo`` text chunk (the generation parameters, as ``--save-dir`` writes them).
+    """
     buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
+    image.save(buf, format="PNG", compress_level=1, pnginfo=info)
     return buf.getvalue()
 
 
@@ -52,6 +55,7 @@ class TileModel(widgets.Widget):
 
     index = t.Int().tag(sync=True)
     prompt = t.Unicode().tag(sync=True)
+    caption = t.Unicode().tag(sync=True)  # the prompt, or "" where a sweep's row label already shows it
     seed = t.Int().tag(sync=True)
     status = t.Unicode("queued").tag(sync=True)
     label = t.Unicode("queued").tag(sync=True)
@@ -61,9 +65,10 @@ class TileModel(widgets.Widget):
     error = t.Unicode().tag(sync=True)
 
     @classmethod
-    def from_state(cls, tile: TileState) -> TileModel:
-        """A model with the tile's current state (one comm_open)."""
-        model = cls(index=tile.index, prompt=tile.prompt, seed=tile.seed)
+    def from_state(cls, tile: TileState, caption: str | None = None) -> TileModel:
+        """A model with the tile's current state (one comm_open); ``caption`` defaults to the prompt."""
+        caption = tile.prompt if caption is None else caption
+        model = cls(index=tile.index, prompt=tile.prompt, caption=caption, seed=tile.seed)
         model.update(tile)
         return model
 

@@ -99,7 +99,7 @@ class DistgenMagics(Magics):
             options = options_from_args(args)
             keep = [_StoreResult(ns, args.out)] if args.out and not args.background else []
             shows = (
-                [Gallery()]
+                [Gallery(background=args.background)]  # a background run: the gallery keeps its own static copy
                 if _has_widget_front_end(self.shell)
                 else [TerminalProgress(summary=True, files=bool(options.save_dir))]
             )

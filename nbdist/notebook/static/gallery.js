@@ -96,8 +96,9 @@ async function render({ model, el }) {
     tile.fig.dataset.status = status;
     tile.status.textContent = m.get("label");
     tile.status.title = status === "failed" ? m.get("error") : "";
-    tile.prompt.textContent = m.get("prompt");
+    tile.prompt.textContent = m.get("caption"); // "" in a sweep whose row label is the prompt
     tile.prompt.title = m.get("prompt");
+    tile.prompt.hidden = !m.get("caption");
     tile.meta.textContent = m.get("meta");
     tile.meta.title = m.get("meta");
     tile.progress.style.width = status === "running" ? `${Math.round(100 * (m.get("fraction") || 0))}%` : "0";

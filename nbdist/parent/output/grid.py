@@ -25,6 +25,7 @@ class Grid:
     columns: list[str]
     rows: list[str]
     cells: list[list[int | None]] = field(default_factory=list)
+    prompt_rows: bool = True  # the row labels are the prompts (tiles need not repeat them); else a swept axis
 
 
 def _row_label(job: ImageJob, k_count: int) -> str:
@@ -48,7 +49,8 @@ def layout(jobs: Sequence[ImageJob], axes: dict[str, list[Any]]) -> list[Grid]:
         if grid is None:
             rows = [axis_label(row_axis, v) for v in axes[row_axis]] if row_axis else []
             heading = ", ".join(axis_label(n, v) for n, v in zip(rest, key, strict=True))
-            grid = grids[key] = Grid(heading, [axis_label(names[0], v) for v in axes[names[0]]], rows)
+            columns = [axis_label(names[0], v) for v in axes[names[0]]]
+            grid = grids[key] = Grid(heading, columns, rows, prompt_rows=row_axis is None)
         if row_axis is None:
             label = _row_label(job, k_count)
             row = row_keys.index((job.prompt_index, job.k))

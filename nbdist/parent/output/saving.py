@@ -20,7 +20,7 @@ from ...messages import ImageReady, Message
 from ...sweep import value_label
 from ..results.observer import RunInfo
 
-__all__ = ["DiskWriter", "file_name", "slug"]
+__all__ = ["DiskWriter", "file_name", "image_metadata", "png_text", "run_parameters", "slug"]
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -33,6 +33,66 @@ def slug(text: str, limit: int = 48) -> str:
 def file_name(job: ImageJob) -> str:
     """``00012-an-astronaut-riding-a-horse.png``: the index keeps prompt order and uniqueness."""
     return f"{job.index:05d}-{slug(job.prompt)}.png"
+
+
+def run_parameters(run: RunInfo) -> dict[str, Any]:
+    """The parameters every image of a run shares (model, effective settings, where each came from)."""
+    return {
+        "model": run.model,
+        "negative": run.setting("negative"),
+        "steps": run.setting("steps"),
+        "guidance": run.setting("guidance"),
+        "scheduler": run.setting("scheduler"),
+        "height": run.height,
+        "width": run.width,
+        **({"params": run.options.params} if run.options.params else {}),
+        **({"sources": run.call.sources} if run.call is not None else {}),
+    }
+
+
+def image_metadata(
+    params: dict[str, Any],
+    job: ImageJob,
+    *,
+    size: tuple[int, int],
+    rank: int | None,
+    device: str | None,
+    seconds: float | None,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """One image's parameters: the run's, its own (prompt, seed, swept values) and where it was made.
+
+    One function for the saved PNGs, ``manifest.jsonl`` and the gallery's "Download PNG", so a file
+    from either place carries the same text chunk.
+    """
+    width, height = size
+    swept = {k: v for k, v in job.settings.items() if k not in ("size", "seed")}
+    return {
+        "index": job.index,
+        "prompt": job.prompt,
+        "seed": job.seed,
+        **params,
+        **swept,
+        **({"sweep": {k: value_label(k, v) for k, v in job.params}} if job.params else {}),
+        "height": height,
+        "width": width,
+        "rank": rank,
+        "device": device,
+        "seconds": None if seconds is None else round(seconds, 4),
+        **({"note": note} if note else {}),
+    }
+
+
+def png_text(meta: dict[str, Any]) -> Any:
+    """The PNG text chunk for ``meta``: a tEXt per common key (what image tools show) and the JSON whole."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key in ("prompt", "negative", "seed", "steps", "guidance", "scheduler", "width", "height", "model"):
+        if meta.get(key) is not None:
+            info.add_text(key, str(meta[key]))
+    info.add_itxt("nbdist", json.dumps(meta, ensure_ascii=False))
+    return info
 
 
 class DiskWriter:
@@ -50,18 +110,12 @@ class DiskWriter:
 
     def on_start(self, run: RunInfo) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        if run.options.overwrite:  # --overwrite: the earlier run goes now, never mixed with this one
+            from .previous_run import clear_previous_run
+
+            clear_previous_run(self.folder)
         self._jobs = {job.index: job for job in run.jobs}
-        self._params = {
-            "model": run.model,
-            "negative": run.setting("negative"),
-            "steps": run.setting("steps"),
-            "guidance": run.setting("guidance"),
-            "scheduler": run.setting("scheduler"),
-            "height": run.height,
-            "width": run.width,
-            **({"params": run.options.params} if run.options.params else {}),
-            **({"sources": run.call.sources} if run.call is not None else {}),
-        }
+        self._params = run_parameters(run)
 
     def on_message(self, msg: Message) -> None:
         if isinstance(msg, ImageReady):
@@ -89,35 +143,12 @@ class DiskWriter:
             name = "grid.png" if len(grids) == 1 else f"grid-{slug(grid.heading)}.png"
             grid_image(grid, images).save(self.folder / name)
 
-    def _metadata(self, msg: ImageReady, job: ImageJob) -> dict[str, Any]:
-        width, height = msg.size
-        swept = {k: v for k, v in job.settings.items() if k not in ("size", "seed")}
-        return {
-            "index": job.index,
-            "prompt": job.prompt,
-            "seed": job.seed,
-            **self._params,
-            **swept,
-            **({"sweep": {k: value_label(k, v) for k, v in job.params}} if job.params else {}),
-            "height": height,
-            "width": width,
-            "rank": msg.rank,
-            "device": msg.device,
-            "seconds": round(msg.seconds, 4),
-            **({"note": msg.note} if msg.note else {}),
-        }
-
     def _write(self, msg: ImageReady, job: ImageJob, path: Path) -> None:
-        from PIL.PngImagePlugin import PngInfo
-
-        meta = self._metadata(msg, job)
-        info = PngInfo()
-        for key in ("prompt", "negative", "seed", "steps", "guidance", "scheduler", "width", "height", "model"):
-            if meta[key] is not None:
-                info.add_text(key, str(meta[key]))
-        info.add_itxt("nbdist", json.dumps(meta, ensure_ascii=False))
+        meta = image_metadata(
+            self._params, job, size=msg.size, rank=msg.rank, device=msg.device, seconds=msg.seconds, note=msg.note
+        )
         tmp = path.with_suffix(".png.part")
-        msg.to_pil().save(tmp, format="PNG", pnginfo=info, compress_level=4)
+        msg.to_pil().save(tmp, format="PNG", pnginfo=png_text(meta), compress_level=4)
         tmp.replace(path)  # a file under its final name is always complete
         line = json.dumps({**meta, "file": path.name}, ensure_ascii=False)
         with self._manifest_lock, open(self.manifest, "a", encoding="utf-8") as f:

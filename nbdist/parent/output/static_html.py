@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "result_html",
     "result_token",
     "static_class",
+    "static_copy",
 ]
 
 
@@ -162,7 +163,7 @@ def render_gallery(tiles: Iterable[StaticTile], heading: str = "", *, token: str
         )
         if tile.href and tile.src:
             body = f'<a href="{html.escape(tile.href, quote=True)}">{body}</a>'
-        detail = f"<br><small>{html.escape(tile.detail)}</small>" if tile.detail else ""
+        detail = f"{'<br>' if tile.caption else ''}<small>{html.escape(tile.detail)}</small>" if tile.detail else ""
         parts.append(
             f'<figure title="{title}" style="{_FIGURE_STYLE}">{body}'
             f"<figcaption>{html.escape(tile.caption)}{detail}</figcaption></figure>"
@@ -204,59 +205,70 @@ def _detail(record: Any) -> str:
 def result_html(result: Any) -> str:
     """The static gallery of a ``GenerationResult``: every image's thumbnail inline, in prompt order.
 
-    Jobs that never finished get a tile saying so, so a partial run shows exactly what it lacks.
+    Jobs that never finished get a tile saying so (and that the run was stopped, if it was), so a
+    partial run shows exactly what it lacks.
     """
-    tiles: list[tuple[int, StaticTile]] = []
+    missing = "not generated (stopped)" if getattr(result, "interrupted", False) else "not generated"
+    tiles: dict[int, StaticTile] = {}
     for record in result.records:
         thumb = getattr(record, "thumbnail", None)
-        tiles.append(
-            (
-                record.index,
-                StaticTile(
-                    src=data_uri(thumb) if thumb else None,
-                    caption=record.prompt,
-                    title=record.prompt,
-                    error=record.error or (None if thumb else "no thumbnail"),
-                    detail=_detail(record),
-                ),
-            )
+        tiles[record.index] = StaticTile(
+            src=data_uri(thumb) if thumb else None,
+            caption=record.prompt,
+            title=record.prompt,
+            error=record.error or (None if thumb else "no thumbnail"),
+            detail=_detail(record),
         )
     for job in result.missing:
-        tiles.append(
-            (
-                job.index,
-                StaticTile(
-                    src=None,
-                    caption=job.prompt,
-                    title=job.prompt,
-                    error="not generated",
-                    detail=f"#{job.index} · seed {job.seed}",
-                ),
-            )
-        )
-    tiles.sort(key=lambda pair: pair[0])
-    if getattr(result.options, "sweep", None) and getattr(result, "jobs", None):
-        return _sweep_html(result, dict(tiles))
-    return render_gallery([t for _, t in tiles], heading=result.summary(), token=result_token(result))
+        detail = f"#{job.index} · seed {job.seed}"
+        tiles[job.index] = StaticTile(src=None, caption=job.prompt, title=job.prompt, error=missing, detail=detail)
+    sweep = getattr(result.options, "sweep", None)
+    return static_copy(tiles, result.summary(), result_token(result), getattr(result, "jobs", None), sweep)
 
 
-def _sweep_html(result: Any, tiles: dict[int, StaticTile]) -> str:
-    """A sweep's static copy: a table per grid, column headers and row labels, each cell a tile."""
+def static_copy(
+    tiles: dict[int, StaticTile],
+    heading: str,
+    token: str,
+    jobs: Sequence[Any] | None = None,
+    sweep: dict[str, list[Any]] | None = None,
+) -> str:
+    """The static copy of a run from its tiles by image index: a grid in prompt order, or a sweep's tables.
+
+    One renderer for a finished run (``result_html``) and a background run still going (the gallery
+    builds the tiles it has so far), so both look the same in a saved notebook.
+    """
+    if sweep and jobs:
+        return _sweep_html(heading, token, jobs, sweep, tiles)
+    return render_gallery([tiles[i] for i in sorted(tiles)], heading=heading, token=token)
+
+
+def _sweep_html(
+    heading: str, token: str, jobs: Sequence[Any], sweep: dict[str, list[Any]], tiles: dict[int, StaticTile]
+) -> str:
+    """A sweep's static copy: a table per grid, column headers and row labels, each cell a tile.
+
+    Where the row label is the prompt, the tile's caption leaves it out (it would say it again).
+    """
     from .grid import layout
 
-    token = result_token(result)
     parts = [f'<div class="nbdist-static {static_class(token)}"><style>{_STYLE}{_pairing_rules(token)}</style>']
-    parts.append(f"<p>{html.escape(result.summary())}</p>")
-    for grid in layout(result.jobs, result.options.sweep):
+    parts.append(f"<p>{html.escape(heading)}</p>")
+    for grid in layout(jobs, sweep):
         if grid.heading:
             parts.append(f'<h4 class="nbdist-grid-heading">{html.escape(grid.heading)}</h4>')
         head = "".join(f'<th scope="col">{html.escape(c)}</th>' for c in grid.columns)
         parts.append(f'<table class="nbdist-grid"><tr><th></th>{head}</tr>')
         for label, row in zip(grid.rows, grid.cells, strict=False):
-            cells = "".join(
-                f"<td>{render_gallery([tiles[i]]) if i is not None and i in tiles else ''}</td>" for i in row
-            )
+            cells = "".join(f"<td>{_cell(tiles.get(i), grid.prompt_rows)}</td>" for i in row)
             parts.append(f'<tr><th scope="row">{html.escape(label)}</th>{cells}</tr>')
         parts.append("</table>")
     parts.append("</div>")
     return "".join(parts)
+
+
+def _cell(tile: StaticTile | None, prompt_rows: bool) -> str:
+    """One sweep table cell: the tile, without the prompt in its caption where the row label has it."""
+    if tile is None:
+        return ""
+    return render_gallery([replace(tile, caption="") if prompt_rows else tile])
