@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from .options import DEVICES, DTYPES, SCHEDULES, GenerateOptions, NbdistUsageErr
 from .placement import DEVICE_MAPS, OFFLOADS, QUANTIZE
 from .sweep import parse_sweep
 
-__all__ = ["OPTION_ARGUMENTS", "Argument", "add_to_parser", "magic_decorators", "options_from_args"]
+__all__ = ["OPTION_ARGUMENTS", "Argument", "add_to_parser", "as_typed", "magic_decorators", "options_from_args"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,14 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
         ("--save-dir",),
         {"metavar": "DIR", "help": "write each PNG (with its parameters) and manifest.jsonl here"},
     ),
+    Argument(
+        ("--overwrite",),
+        {
+            "action": "store_true",
+            "help": "the save folder may hold an earlier run: replace it (its PNGs, grids, manifest.jsonl and "
+            "index.html; other files stay). Without it such a folder is refused: runs are never mixed",
+        },
+    ),
     Argument(("--allow-pickle",), {"action": "store_true", "help": "allow loading pickle (.bin/.ckpt) weights"}),
     Argument(
         ("--param",),
@@ -186,3 +195,30 @@ def parse_params(items: list[str]) -> dict[str, object]:
                 raise NbdistUsageError(f"--param {name}: {raw!r} is not a Python literal") from exc
             params[name] = raw.strip()
     return params
+
+
+def _typed_flag(flags: tuple[str, ...], tokens: Sequence[str]) -> str | None:
+    """Which of ``flags`` the user wrote among ``tokens`` (``-n 0``, ``-n0``, ``--num-processes=0``), if any."""
+    for token in tokens:
+        for flag in flags:
+            if token == flag or token.startswith(flag + "=") or (len(flag) == 2 and token.startswith(flag)):
+                return flag
+    return None
+
+
+def as_typed(message: str, tokens: Sequence[str], extra: Sequence[tuple[str, ...]] = ()) -> str:
+    """An error message naming each flag as the user spelled it.
+
+    ``GenerateOptions.validate`` knows fields, not spellings, and names a flag by its last (long)
+    form: ``--num-processes must be a positive integer`` for a user who wrote ``-n 0``, who then looks
+    for a flag they never typed. ``tokens`` are the words of the command line; ``extra`` adds flag
+    groups declared elsewhere (the CLI's ``-o/--out/--save-dir``).
+    """
+    for flags in [*(arg.flags for arg in OPTION_ARGUMENTS), *extra]:
+        canonical = flags[-1]
+        if len(flags) < 2 or not re.search(rf"(?<![\w-]){re.escape(canonical)}(?![\w-])", message):
+            continue
+        typed = _typed_flag(flags, tokens)
+        if typed is not None and typed != canonical:
+            message = re.sub(rf"(?<![\w-]){re.escape(canonical)}(?![\w-])", typed, message)
+    return message

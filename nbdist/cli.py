@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .arguments import add_to_parser, options_from_args
+from .arguments import add_to_parser, as_typed, options_from_args
 from .jobs import ImageJob
 from .options import NbdistUsageError
 
@@ -22,13 +22,23 @@ __all__ = ["build_parser", "main", "read_prompts"]
 
 _EPILOG = """\
 examples:
+  nbdist generate --model demo -p "a red circle on a blue background" --out out --seed 0
   nbdist generate --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompts prompts.txt --out out --seed 0
   torchrun --nproc_per_node=2 -m nbdist generate --model M --prompts prompts.txt --out out --seed 0
   accelerate launch --multi_gpu --num_processes 2 -m nbdist generate --model M --prompts prompts.txt --out out
   nbdist generate --model M --prompts prompts.txt --out out --device-map balanced --max-memory 0=10GiB,1=10GiB
 
 Image i of the run uses torch.Generator("cpu").manual_seed(seed+i): the same images as %%distgen
-with the same seed, whatever the launcher or the number of processes."""
+with the same seed, whatever the launcher or the number of processes.
+
+One run per folder: if DIR already holds a run (its numbered PNGs, manifest.jsonl or index.html),
+nbdist generate stops with one line before anything starts; --overwrite replaces that run (other
+files in DIR stay), or pick a new DIR. Under torchrun, rank 0's DIR decides for every rank.
+
+--model demo is the small demo model shipped with nbdist (no download; it draws coloured shapes:
+"a {colour} {shape} on a {colour} background"). A folder named demo is --model ./demo."""
+
+_OUT_FLAGS = ("-o", "--out", "--save-dir")  # messages name the folder --save-dir, as the magic's flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     gen.add_argument(
-        "-m", "--model", required=True, metavar="ID_OR_PATH", help="hub id or local folder for from_pretrained"
+        "-m",
+        "--model",
+        required=True,
+        metavar="ID_OR_PATH",
+        help="hub id or local folder for from_pretrained; 'demo' is the demo model shipped with nbdist "
+        "(a folder named demo: ./demo)",
     )
     gen.add_argument(
         "--prompts",
@@ -54,13 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-p", "--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeatable; after --prompts)"
     )
     gen.add_argument(
-        "-o",
-        "--out",
-        "--save-dir",
+        *_OUT_FLAGS,
         dest="save_dir",
         required=True,
         metavar="DIR",
-        help="folder for the PNGs (with their parameters), manifest.jsonl and index.html",
+        help="folder for the PNGs (with their parameters), manifest.jsonl and index.html; one that already "
+        "holds a run is refused unless --overwrite",
     )
     add_to_parser(gen, skip=("save_dir",))
     return parser
@@ -106,20 +120,23 @@ def _plain(model: str, prompts: list[str], args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``nbdist``, ``python -m nbdist``); returns the exit status."""
     from .launched import launched, run_launched
+    from .pipelines import resolve_model
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(tokens)
     env = launched()
     try:
         prompts = read_prompts(args.prompts, args.prompt)
         if not prompts:
             raise NbdistUsageError("no prompts: give --prompts FILE (one prompt per line) or --prompt TEXT")
+        model = resolve_model(args.model)  # --model demo: the shipped demo model, on every rank
         if env is None:
-            return _plain(args.model, prompts, args)
-        return run_launched(args.model, prompts, options_from_args(args), env)
+            return _plain(model, prompts, args)
+        return run_launched(model, prompts, options_from_args(args), env)
     except NbdistUsageError as exc:
-        if env is None or env.rank == 0:
-            parser.exit(2, f"nbdist generate: error: {exc}\n")
+        if env is None or env.rank == 0:  # the flag named as the user wrote it (-n, -o, --out, ...)
+            parser.exit(2, f"nbdist generate: error: {as_typed(str(exc), tokens, [_OUT_FLAGS])}\n")
         return 2
     except KeyboardInterrupt:
         return 130

@@ -79,7 +79,7 @@ def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: La
     from .pipelines import looks_like_path
     from .placement import check_placement
 
-    options.validate()
+    options.validate(previous_run=False)  # whether DIR already holds a run: rank 0 decides for all (_agree)
     if not prompts:
         raise NbdistUsageError("no prompts: give --prompts FILE (one prompt per line) or --prompt TEXT")
     if options.schedule not in (None, "static"):
@@ -206,8 +206,11 @@ def run_launched(model: str, prompts: Sequence[str], options: GenerateOptions, e
     group = dist.new_group(backend="gloo", timeout=timedelta(days=7))
     started = time.monotonic()
     seed, folder, marker, same_disk = _agree(options, env, group)
+    _one_run_per_folder(options, env, group, folder, marker, same_disk)
 
-    opts = options.with_(seed=seed, schedule="static", sweep=parse_sweep(options.sweep) if options.sweep else {})
+    opts = options.with_(
+        seed=seed, schedule="static", sweep=parse_sweep(options.sweep) if options.sweep else {}, overwrite=False
+    )
     jobs = make_jobs(prompts, opts.images_per_prompt, seed, opts.sweep)
     side = _default_side(model)
     info = RunInfo(jobs, opts, model, seed, env.world_size, device_type, opts.height or side, opts.width or side)
@@ -248,6 +251,40 @@ def _agree(options: GenerateOptions, env: LaunchEnv, group: Any) -> tuple[int, P
     dist.barrier(group=group)
     folder.mkdir(parents=True, exist_ok=True)
     return seed, folder, marker, marker.exists()
+
+
+def _one_run_per_folder(
+    options: GenerateOptions, env: LaunchEnv, group: Any, folder: Path, marker: Path, same_disk: bool
+) -> None:
+    """Never mix runs: DIR holding an earlier run is refused on every rank, or cleared with ``--overwrite``.
+
+    Each rank looks at its own DIR (a rank on rank 0's filesystem leaves that to rank 0), the verdicts
+    are gathered, and all ranks act on the same answer before any of them writes a file: a refusal
+    seen by one node alone would otherwise leave the others generating into a run that never finishes.
+    """
+    import torch.distributed as dist
+
+    from .parent.output.previous_run import clear_previous_run, describe, previous_run
+
+    mine = previous_run(folder) if env.rank == 0 or not same_disk else []
+    held = describe(mine) if mine and not options.overwrite else ""
+    verdicts: list[Any] = [None] * env.world_size
+    dist.all_gather_object(verdicts, held, group=group)
+    holders = [(rank, what) for rank, what in enumerate(verdicts) if what]
+    if holders:
+        if env.rank == 0:
+            marker.unlink(missing_ok=True)
+        dist.barrier(group=group)
+        dist.destroy_process_group()
+        rank, what = holders[0]
+        where = "" if rank == 0 else f" on the node of rank {rank}"
+        raise NbdistUsageError(
+            f"--save-dir {str(folder)!r}{where} already holds a run ({what}): add --overwrite to replace it, "
+            "or choose another folder"
+        )
+    if options.overwrite and (env.rank == 0 or not same_disk):
+        clear_previous_run(folder)
+    dist.barrier(group=group)  # cleared everywhere before anyone writes
 
 
 def _make_share(

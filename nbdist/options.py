@@ -51,13 +51,18 @@ class GenerateOptions:
     offload: str | None = None  # "model" or "sequential": per worker, components wait in host RAM (placement.py)
     quantize: str | None = None  # "nf4", "int8", "torchao-int8wo": the workers load the model quantized
     vae_tiling: bool = False  # the VAE decodes in tiles: big images need far less GPU memory
+    overwrite: bool = False  # save_dir may hold an earlier run: replace its files (else that is refused)
 
     def with_(self, **changes: object) -> GenerateOptions:
         """A copy with some fields changed (``dataclasses.replace`` under a shorter name)."""
         return replace(self, **changes)
 
-    def validate(self) -> None:
-        """Raise ``NbdistUsageError`` for values that cannot work, whatever the model."""
+    def validate(self, *, previous_run: bool = True) -> None:
+        """Raise ``NbdistUsageError`` for values that cannot work, whatever the model.
+
+        ``previous_run=False`` leaves the "save_dir already holds a run" check to the caller: under
+        torchrun every rank validates, but rank 0 decides that one for all (``launched.py``).
+        """
         for name in ("steps", "images_per_prompt", "batch_size"):
             value = getattr(self, name)
             if value is None and name == "steps":
@@ -85,6 +90,10 @@ class GenerateOptions:
             raise NbdistUsageError(f"--seed must be a non-negative integer, got {self.seed!r}")
         if self.save_dir is not None:
             check_writable_dir(Path(self.save_dir))
+            if previous_run and not self.overwrite:
+                from .parent.output.previous_run import refuse_previous_run
+
+                refuse_previous_run(self.save_dir)
         validate_placement(self)
 
     def check_size(self, vae_scale_factor: int) -> None:

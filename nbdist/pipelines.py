@@ -18,7 +18,18 @@ from typing import Any
 
 from .options import NbdistUsageError
 
-__all__ = ["cache_size", "cached_pipeline", "clear_cache", "load_pipeline", "quiet_libraries", "torch_dtype"]
+__all__ = [
+    "DEMO_NAME",
+    "cache_size",
+    "cached_pipeline",
+    "clear_cache",
+    "load_pipeline",
+    "quiet_libraries",
+    "resolve_model",
+    "torch_dtype",
+]
+
+DEMO_NAME = "demo"  # --model demo: the demo model shipped inside nbdist (nbdist/demo/model)
 
 _CACHE: dict[tuple[Any, ...], Any] = {}
 _CACHE_LOCK = threading.Lock()
@@ -59,6 +70,20 @@ def quiet_libraries() -> Iterator[None]:
             dlog.enable_progress_bar()
         if t_bar:
             tlog.enable_progress_bar()
+
+
+def resolve_model(model: str) -> str:
+    """``demo`` (exactly that, bare) is the shipped demo model's folder; any other name is left as it is.
+
+    Without this, ``--model demo`` asked the hub for a model called ``demo`` (11 s, then a failure). The
+    short name means the same model in every working directory: a folder there called ``demo`` is
+    reached as ``./demo``.
+    """
+    if model == DEMO_NAME:
+        from .demo import demo_model
+
+        return str(demo_model())
+    return model
 
 
 def looks_like_path(model: str) -> bool:

@@ -1,19 +1,23 @@
-"""``%%distgen``: a thin cell magic over ``nbdist.generate`` (``%distgen --prompts NAME`` as a line magic).
+"""``%%distgen``: a thin cell magic over ``nbdist.generate`` (``%distgen -p TEXT`` or ``--prompts NAME`` on one line).
 
 Options are declared once with IPython's ``magic_arguments``, so ``%%distgen?`` is the complete help
-and a bad option is a one-line ``UsageError``, not a traceback.
+and a bad option is a one-line ``UsageError``, not a traceback. Every "no prompts" message names a
+form that works as typed: IPython's own answer to an empty ``%%distgen`` cell ("did you mean the line
+magic?") led to a line magic that then asked for prompts in the cell.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.utils.process import arg_split
 
-from ..arguments import magic_decorators, options_from_args
+from ..arguments import as_typed, magic_decorators, options_from_args
 from ..options import NbdistUsageError
 from ..parent.api import generate, shutdown, status
 from ..parent.output.report import end_lines, setup_refusal
@@ -49,11 +53,34 @@ option_arguments = magic_decorators()  # the generation options, shared with the
 class DistgenMagics(Magics):
     """Holds the ``%%distgen`` magic."""
 
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        cleanup = getattr(shell, "input_transformers_cleanup", None)
+        if cleanup is not None and give_empty_cell_a_body not in cleanup:  # once, even after %reload_ext
+            cleanup.append(give_empty_cell_a_body)
+
     @magic_arguments()
-    @argument("-m", "--model", metavar="ID_OR_PATH", help="hub id or local folder for from_pretrained (safetensors)")
+    @argument(
+        "-m",
+        "--model",
+        metavar="ID_OR_PATH",
+        help="hub id or local folder for from_pretrained (safetensors); demo: the demo model shipped with nbdist "
+        "(a folder named demo: ./demo)",
+    )
     @argument("--pipe", metavar="NAME", help="use a diffusers pipeline already in the namespace instead of --model")
     @option_arguments
-    @argument("--prompts", metavar="NAME", help="take the prompts from a list in the namespace")
+    @argument(
+        "--prompts",
+        metavar="NAME",
+        help="take the prompts from a list (or str) in the namespace, or from a file (one prompt per line)",
+    )
+    @argument(
+        "-p",
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help='a prompt (repeatable; after --prompts), e.g. -p "a dog"',
+    )
     @argument("-o", "--out", metavar="NAME", help="store the GenerationResult (or with --background the run handle)")
     @argument(
         "--background",
@@ -74,7 +101,8 @@ class DistgenMagics(Magics):
         """Generate one image per prompt line (K with -k) on every GPU, streamed into a gallery.
 
         One prompt per line; blank lines and lines starting with # are skipped; {expr} and $name are
-        expanded from the namespace. As a line magic, %distgen --prompts NAME takes a list instead.
+        expanded from the namespace. As a line magic, %distgen -p TEXT (repeatable) or --prompts NAME
+        (a list variable or a prompts file) gives them instead.
         Image i of the run uses torch.Generator("cpu").manual_seed(seed+i),
         so the images do not depend on -n or --batch-size.
 
@@ -87,25 +115,20 @@ class DistgenMagics(Magics):
         if args.status or args.shutdown or args.idle_timeout is not None:
             return self._lifecycle(args)
         ns = self.shell.user_ns
-        cell = cell or ""
+        as_cell, cell = cell is not None, cell or ""
         try:
             model = self._model(args, ns)
-            if args.prompts:
-                if parse_prompts(cell, ns):
-                    raise NbdistUsageError("give the prompts in the cell or with --prompts, not both")
-                prompts = prompts_from_namespace(args.prompts, ns)
-            else:
-                prompts = parse_prompts(cell, ns)
+            prompts = _prompts(args, line, cell, ns, as_cell=as_cell)
             options = options_from_args(args)
             keep = [_StoreResult(ns, args.out)] if args.out and not args.background else []
             shows = (
                 [Gallery(background=args.background)]  # a background run: the gallery keeps its own static copy
                 if _has_widget_front_end(self.shell)
-                else [TerminalProgress(summary=True, files=bool(options.save_dir))]
+                else [TerminalProgress(files=bool(options.save_dir))]  # the cell's value (Out[n]) sums it up
             )
             result = generate(model, prompts, options=options, observers=[*keep, *shows], background=args.background)
-        except NbdistUsageError as exc:
-            raise UsageError(str(exc)) from None
+        except NbdistUsageError as exc:  # named as typed: -n 0 is reported as -n, not --num-processes
+            raise UsageError(as_typed(str(exc), arg_split(line))) from None
         if args.background:
             for show in shows:
                 if isinstance(show, Gallery):
@@ -121,7 +144,8 @@ class DistgenMagics(Magics):
         if args.out:
             ns[args.out] = result
         for text in end_lines(result, args.out):  # interrupted / per-worker errors: a few lines, no tracebacks
-            print(text, file=sys.stderr)
+            if not text.startswith("interrupted:") or _has_widget_front_end(self.shell):
+                print(text, file=sys.stderr)  # terminal IPython: Out[n] (the result's repr) already says it
         return result
 
     @staticmethod
@@ -150,8 +174,49 @@ class DistgenMagics(Magics):
                 raise NbdistUsageError(f"--pipe {args.pipe}: no variable named {args.pipe!r}")
             return ns[args.pipe]
         if not args.model:
-            raise NbdistUsageError("say which model: --model ID_OR_PATH or --pipe NAME")
+            raise NbdistUsageError(
+                "say which model: --model ID_OR_PATH (or demo, the shipped demo model) or --pipe NAME"
+            )
         return args.model
+
+
+def _prompts(args: Any, line: str, cell: str, ns: dict[str, Any], *, as_cell: bool) -> list[str]:
+    """The run's prompts: ``--prompts NAME`` then ``-p TEXT`` (like the CLI), or the cell's lines; never both."""
+    given = prompts_from_namespace(args.prompts, ns) if args.prompts else []
+    given += [p.strip() for p in args.prompt or [] if p.strip()]
+    in_cell = parse_prompts(cell, ns)
+    if in_cell and (args.prompts or args.prompt):
+        raise NbdistUsageError("give the prompts in the cell or with --prompts/-p, not both")
+    prompts = given or in_cell
+    if not prompts and args.prompts and not args.prompt:
+        raise NbdistUsageError(f"--prompts {args.prompts}: no prompts in it")
+    if not prompts:
+        raise NbdistUsageError(_no_prompts(line, args, as_cell=as_cell))
+    return prompts
+
+
+def _no_prompts(line: str, args: Any, *, as_cell: bool) -> str:
+    """Where prompts go, with the user's own line completed into a command that runs as written."""
+    example = '"a red circle on a blue background"' if args.model == "demo" else '"a dog"'
+    line = " ".join(line.split())
+    one_line = f"%distgen {line} -p {example}".replace("  ", " ")
+    if as_cell:
+        return f"no prompts: write them one per line below %%distgen {line}, or give them on one line: {one_line}"
+    return (
+        f"no prompts: %distgen takes them as -p TEXT (repeatable) or --prompts NAME (a list or a file): {one_line}; "
+        "or write them one per line below a %%distgen line"
+    )
+
+
+def give_empty_cell_a_body(lines: list[str]) -> list[str]:
+    """An input transformer: a ``%%distgen`` cell with nothing below its first line reaches the magic.
+
+    IPython refuses such a cell itself, suggesting the line magic ``%distgen`` with the same words,
+    which has no prompts either; with an (empty) body the magic answers with a form that works.
+    """
+    if len(lines) == 1 and re.match(r"%%distgen(\s|$)", lines[0]) and not lines[0].rstrip().endswith("?"):
+        return [lines[0].rstrip("\n") + "\n", "\n"]
+    return lines
 
 
 def _has_widget_front_end(shell: Any) -> bool:

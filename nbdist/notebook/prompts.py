@@ -6,6 +6,7 @@ the body, so the body gets the same expansion, with IPython's own formatter and 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,9 +39,20 @@ def parse_prompts(cell: str, namespace: Mapping[str, Any]) -> list[str]:
 
 
 def prompts_from_namespace(name: str, namespace: Mapping[str, Any]) -> list[str]:
-    """``--prompts NAME``: a list (or other iterable) of strings from the user's namespace."""
+    """``--prompts NAME``: a list (or other iterable) of strings from the user's namespace, else a file.
+
+    A variable wins over a file of the same name; a file is read like the CLI's ``--prompts FILE``
+    (one prompt per line, blanks and ``#`` lines skipped), so a prompts file works in both places.
+    """
     if name not in namespace:
-        raise NbdistUsageError(f"--prompts {name}: no variable named {name!r}")
+        if os.path.isfile(os.path.expanduser(name)):
+            from ..cli import read_prompts
+
+            return read_prompts(os.path.expanduser(name))
+        raise NbdistUsageError(
+            f"--prompts {name}: no variable named {name!r} and no file {name!r}; "
+            "give a list of strings in the namespace or a file with one prompt per line"
+        )
     value = namespace[name]
     if isinstance(value, str):
         return [value]

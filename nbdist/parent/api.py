@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..options import GenerateOptions
+from ..pipelines import resolve_model
 from .planning.plan import make_options, plan_run
 from .planning.prompt_check import truncation_warning
 from .pool.run import RunHandle
@@ -46,6 +47,8 @@ def generate(
     """
     opts = make_options(options, overrides)
     prompts = list(prompts)
+    if isinstance(model_or_pipe, str):
+        model_or_pipe = resolve_model(model_or_pipe)  # "demo": the shipped demo model, no hub lookup
     plan = plan_run(model_or_pipe, prompts, opts)
     for line in [*plan.notes, truncation_warning(plan.pipe, prompts)]:
         if line:
