@@ -565,3 +565,59 @@ def test_sweep_captions_leave_the_prompt_to_the_row_label() -> None:
     assert {t.caption for t in gallery.widget.tiles} == {"a dog"}
     assert all(c.startswith("a dog<br>") for c in re.findall(r"<figcaption>(.*?)</figcaption>", result._repr_html_()))
     assert {t.caption for t in _gallery(Clock()).widget.tiles} == set(PROMPTS)  # no sweep: the prompt
+
+
+def _display_updates(kernel, display_id: str, until, timeout: float = 120) -> list[dict]:
+    """Every ``update_display_data`` for ``display_id`` read off iopub until ``until(content)`` holds.
+
+    Read directly: a background run's updates come after its cell is over, with whatever parent the
+    kernel's thread has, so ``Kernel.execute`` (which keeps only its own cell's messages) would miss them.
+    """
+    import time
+
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while not (seen and until(seen[-1])):
+        msg = kernel.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        content = msg["content"]
+        if msg["msg_type"] == "update_display_data" and content["transient"]["display_id"] == display_id:
+            seen.append(content)
+    return seen
+
+
+def test_background_run_keeps_its_gallery_in_the_cell(kernel, tiny_model) -> None:
+    """The background cell's third output is the static copy: images so far, then the finished run's copy."""
+    prompts = "\n".join(f"p{i}" for i in range(5))
+    ex = kernel.execute(f"%%distgen --model {tiny_model} -n 2 --steps 2 --seed 0 --background -o h\n{prompts}")
+    assert ex.error is None, ex.error
+    displays = [m.content for m in ex.of_type("display_data")]
+    assert len(displays) == 3 and WIDGET_VIEW_MIMETYPE in displays[0]["data"]
+    static_id = displays[2]["transient"]["display_id"]
+    assert "still running: 0 of 5" in displays[2]["data"]["text/plain"]
+    updates = _display_updates(kernel, static_id, lambda c: "still running" not in c["data"]["text/plain"])
+    assert "still running: 1 of 5 images so far" in updates[0]["data"]["text/plain"]  # the first image at once
+    assert updates[0]["data"]["text/html"].count("<img ") == 1
+    final = updates[-1]["data"]
+    assert final["text/html"].count("<img ") == 5 and "5 of 5 images" in final["text/plain"]
+    token = kernel.value("h.wait(30).display_token")
+    assert static_class(token) in final["text/html"] and static_class(token) in displays[2]["data"]["text/html"]
+    assert kernel.value("h.wait()._repr_html_()") == final["text/html"]
+
+
+def test_interrupted_run_marks_tiles_and_workers_stopped(kernel, tiny_model) -> None:
+    """Interrupt (the notebook's stop button): tiles left say "not generated (stopped)", workers "stopped"."""
+    from test_faults import OnFirstImage
+
+    prompts = "\n".join(f"prompt number {i}" for i in range(16))
+    hook = OnFirstImage(kernel, lambda h: h.kernel.km.interrupt_kernel())
+    ex = kernel.execute(f"%%distgen --model {tiny_model} -n 2 --steps 20 --seed 0 -o res\n{prompts}", on_message=hook)
+    assert hook.at is not None and ex.error is None, ex.error
+    states = [m.content["data"]["state"] for m in ex.of_type("comm_msg") if m.content["data"].get("method") == "update"]
+    labels = [s["label"] for s in states if "label" in s]
+    missing = kernel.value("len(res.missing)")
+    assert 0 < missing < 16 and labels.count("not generated (stopped)") == missing
+    workers = [s["header"]["workers"] for s in states if "header" in s][-1]
+    assert all(line.endswith(" · stopped") or line.endswith(" · done") for line in workers), workers
+    assert any(line.endswith(" · stopped") for line in workers), workers
+    page = ex.of_type("execute_result")[0].content["data"]["text/html"]
+    assert page.count("not generated (stopped)") == missing and "queued" not in page
