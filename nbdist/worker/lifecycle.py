@@ -30,9 +30,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-__all__ = ["detached", "set_parent_death_signal"]
+__all__ = ["detached", "set_parent_death_signal", "set_process_title"]
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
@@ -44,6 +45,28 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
         return libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def set_process_title(rank: int, device: str) -> str:
+    """Name this worker in ``ps``/``top``: ``nbdist worker 0 cpu``; returns the short name (``comm``).
+
+    A forked worker is otherwise indistinguishable from the kernel it came from (same command line),
+    so a user looking for what holds a GPU, or what to kill, cannot tell them apart. With
+    ``setproctitle`` installed the whole command line becomes the title; the kernel-visible name
+    (``/proc/PID/comm``, what ``ps -e``/``top`` show, 15 bytes at most) is always set with ``prctl``.
+    """
+    title = f"nbdist worker {rank} {device}"
+    try:
+        import setproctitle  # optional: not a dependency of nbdist
+    except ImportError:
+        pass
+    else:
+        setproctitle.setproctitle(title)
+    short = f"nbdist w{rank} {device.replace('cuda:', 'gpu')}"[:15]
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, short.encode(), 0, 0, 0)
+    return short
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from ..device_libraries import restore_in_worker
 from ..messages import WorkerStarted
 from ..spec import WorkerSetup
+from .lifecycle import set_process_title
 from .quiet import redirect_output, silence_libraries
 
 __all__ = ["ReadyWorker", "begin", "get_ready"]
@@ -47,10 +48,18 @@ def begin(setup: WorkerSetup) -> int:
 
     restore_in_worker()  # bitsandbytes & co., kept out of the kernel, are this worker's to import
     rank = int(os.environ.get("RANK", "0"))
+    set_process_title(rank, _device_label(setup))  # `ps` tells the workers from the kernel they forked from
     redirect_output(os.path.join(setup.log_dir, f"worker-{rank}.log"))
     silence_libraries()
     torch.set_num_threads(setup.threads_per_worker)
     return rank
+
+
+def _device_label(setup: WorkerSetup) -> str:
+    """``cpu``, ``cuda:1`` (this worker's GPU among the visible ones) or ``cuda`` (--device-map: all of them)."""
+    if setup.device_type == "cpu":
+        return "cpu"
+    return "cuda" if setup.options.device_map else f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
 
 
 def _partial_state(device_type: str) -> Any:
