@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .loras import PROMPT_SYNTAXES, parse_loras
 from .options import DEVICES, DTYPES, SCHEDULES, GenerateOptions, NbdistUsageError
 from .placement import DEVICE_MAPS, OFFLOADS, QUANTIZE
 from .sweep import parse_sweep
@@ -135,6 +136,29 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
         {"metavar": "CLASS", "help": "swap in a compatible scheduler, e.g. EulerDiscreteScheduler (from_config)"},
     ),
     Argument(
+        ("--lora",),
+        {
+            "action": "append",
+            "metavar": "SOURCE[:SCALE]",
+            "dest": "loras",
+            "help": "apply a LoRA (a .safetensors file or folder, or a hub id owner/repo[/file.safetensors]) at "
+            "SCALE (default 1); repeatable. Warm workers load each once and swap them between cells",
+        },
+    ),
+    Argument(
+        ("--fuse-lora",),
+        {"action": "store_true", "help": "fuse the active LoRAs into the weights (faster while they stay the same)"},
+    ),
+    Argument(
+        ("--prompt-syntax",),
+        {
+            "choices": PROMPT_SYNTAXES,
+            "default": "weighted",
+            "help": "weighted: (word:1.3), (word), [word] and prompts past 77 tokens on CLIP models (SD1.x, SDXL), "
+            "through compel; plain: the prompt as written",
+        },
+    ),
+    Argument(
         ("--sweep",),
         {
             "action": "append",
@@ -174,6 +198,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
     values = {arg.dest: getattr(args, arg.dest) for arg in OPTION_ARGUMENTS}
     values["params"] = parse_params(values["params"] or [])
     values["sweep"] = parse_sweep(values["sweep"] or [])
+    values["loras"] = parse_loras(values["loras"] or [])
     return GenerateOptions(**values)
 
 

@@ -61,6 +61,8 @@ class CallSettings:
     negative: str | None = None  # passed per batch, only where the pipeline takes it
     scheduler: str | None = None  # a scheduler class to swap in (--scheduler), else None
     notes: list[str] = field(default_factory=list)  # one line each: what the pipeline will not use
+    loras: dict[str, float] = field(default_factory=dict)  # --lora: source -> scale (a sweep may change them)
+    fuse_lora: bool = False  # --fuse-lora: the workers fuse the active LoRAs into the weights
 
     @property
     def steps(self) -> int:
@@ -150,7 +152,9 @@ def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> Call
     effective["negative"], sources["negative"] = negative, "user" if negative is not None else "class"
     effective["scheduler"] = options.scheduler or type(getattr(pipe, "scheduler", None)).__name__
     sources["scheduler"] = "user" if options.scheduler else "class"
-    return CallSettings(kwargs, effective, sources, negative, options.scheduler, notes)
+    loras = dict(getattr(options, "loras", None) or {})
+    fuse = bool(getattr(options, "fuse_lora", False))
+    return CallSettings(kwargs, effective, sources, negative, options.scheduler, notes, loras, fuse)
 
 
 def _unused(pipe: Any, params: dict[str, inspect.Parameter], options: GenerateOptions) -> list[str]:

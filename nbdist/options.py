@@ -46,6 +46,9 @@ class GenerateOptions:
     variant: str | None = None  # from_pretrained(variant=...), e.g. "fp16"
     revision: str | None = None  # from_pretrained(revision=...)
     sweep: dict[str, list[object]] = field(default_factory=dict)  # axis name -> values (--sweep NAME=V1,V2)
+    loras: dict[str, float] = field(default_factory=dict)  # --lora SOURCE[:SCALE]: source -> scale (loras.py)
+    fuse_lora: bool = False  # fuse the active LoRAs into the workers' weights (faster; a change unfuses first)
+    prompt_syntax: str = "weighted"  # "weighted": (word:1.3) and long prompts on CLIP models; "plain": as written
     device_map: str | None = None  # "balanced": one process, the model spread over the GPUs (placement.py)
     max_memory: str | dict[int | str, int | str] | None = None  # "0=10GiB,cpu=30GiB" or a dict, with device_map
     offload: str | None = None  # "model" or "sequential": per worker, components wait in host RAM (placement.py)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from .loras import is_lora_axis, lora_label
 from .options import NbdistUsageError
 
 __all__ = ["BUILTIN_AXES", "MAX_AXES", "axis_label", "job_call", "parse_sweep", "value_label"]
@@ -35,6 +36,11 @@ def _ints(name: str, raw: str) -> list[int]:
 
 def _value(name: str, part: str) -> Any:
     part = part.strip()
+    if is_lora_axis(name):  # a scale, or a LoRA source (a path) or none
+        try:
+            return [float(part)]
+        except ValueError:
+            return [part]
     if name in ("steps", "seed"):
         return _ints(name, part)
     if name == "guidance":
@@ -73,7 +79,7 @@ def parse_sweep(items: list[str] | dict[str, Any]) -> dict[str, list[Any]]:
     axes: dict[str, list[Any]] = {}
     for name, raw in pairs:
         name = name.strip()
-        if not name.isidentifier() or not raw.strip():
+        if not (name.isidentifier() or is_lora_axis(name)) or not raw.strip():
             raise NbdistUsageError(f"--sweep {name}={raw}: write NAME=V1,V2,... e.g. --sweep guidance=3,5,7.5")
         if name in axes:
             raise NbdistUsageError(f"--sweep {name} given twice")
@@ -96,6 +102,8 @@ def value_label(name: str, value: Any) -> str:
     """How a value reads in captions, axis labels and metadata: ``512x768``, ``7.5``, ``'blurry'``."""
     if name == "size":
         return f"{value[0]}x{value[1]}"
+    if is_lora_axis(name) and isinstance(value, str):
+        return lora_label(value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -118,6 +126,6 @@ def job_call(call: Any, params: dict[str, Any]) -> tuple[dict[str, Any], str | N
             negative = value
         elif name == "scheduler":
             scheduler = value
-        elif name != "seed":
+        elif name != "seed" and not is_lora_axis(name):  # LoRAs are the worker's adapters, not a call argument
             kwargs[name] = value
     return kwargs, negative, scheduler, steps

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..call_settings import CallSettings
 from ..jobs import ImageJob
+from ..loras import active_loras
 from ..messages import ImageFailed, StepProgress
 from .generation import Made, RunCancelled, run_batch
 from .outbox import Outbox
@@ -133,6 +134,7 @@ def _attempt(
     try:
         if batch[0].params or call.scheduler is not None:
             worker.use_scheduler(batch[0].settings.get("scheduler", call.scheduler))
+        worker.use_loras(active_loras(call.loras, batch[0].settings), call.fuse_lora)
         return run_batch(worker.pipe, batch, call, on_step, should_stop)
     except RunCancelled:
         raise

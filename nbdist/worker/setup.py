@@ -13,6 +13,7 @@ from typing import Any
 from ..device_libraries import restore_in_worker
 from ..messages import WorkerStarted
 from ..spec import WorkerSetup
+from .adapters import Adapters
 from .lifecycle import set_process_title
 from .quiet import redirect_output, silence_libraries
 
@@ -28,6 +29,11 @@ class ReadyWorker:
     rank: int
     device: str
     schedulers: dict[str | None, Any] = field(default_factory=dict)  # None: the pipeline's own
+    adapters: Adapters = field(default_factory=Adapters)  # the LoRAs loaded in ``pipe`` and the active set
+
+    def use_loras(self, wanted: dict[str, float], fuse: bool = False) -> None:
+        """This batch's LoRAs and scales (none: LoRAs off), swapped in the warm pipeline (``adapters.py``)."""
+        self.adapters.use(self.pipe, wanted, fuse)
 
     def use_scheduler(self, name: str | None) -> None:
         """``--scheduler NAME`` for this run (``NAME.from_config`` of the pipeline's own, made once), or the own one."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from ...call_settings import CallSettings, check_params, check_scheduler, resolve_call
 from ...jobs import ImageJob, make_jobs
+from ...loras import PROMPT_SYNTAXES, check_lora_fits, check_lora_sweep, is_lora_axis, lora_sources, parse_loras
 from ...options import GenerateOptions, NbdistUsageError
 from ..machine.devices import GpuChoice, choose_gpus, cpu_count, visible_gpu_count
 from ..machine.dtypes import default_dtype, family_of
@@ -114,6 +115,7 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
         from ...sweep import parse_sweep
 
         options = options.with_(sweep=parse_sweep(options.sweep))  # values given in Python, checked like flags
+    options = _check_loras(options)
     if not prompts:
         raise NbdistUsageError("no prompts: write one prompt per line in the cell")
     if options.device != "cpu":
@@ -161,7 +163,22 @@ def _check_call(pipe: Any, name: str, options: GenerateOptions) -> CallSettings:
     check_params(pipe, options.params)
     check_scheduler(pipe, options.scheduler)
     check_sweep(pipe, options.sweep)
+    for lora in lora_sources(check_lora_sweep(options.loras, options.sweep), options.allow_pickle):
+        check_lora_fits(pipe, name, lora)
     return resolve_call(pipe, name, options)
+
+
+def _check_loras(options: GenerateOptions) -> GenerateOptions:
+    """``loras=`` as given in Python made ``{source: scale}``; every LoRA a run may use exists, before any load."""
+    if options.prompt_syntax not in PROMPT_SYNTAXES:
+        raise NbdistUsageError(
+            f"unknown --prompt-syntax {options.prompt_syntax!r}; choose {', '.join(PROMPT_SYNTAXES)}"
+        )
+    options = options.with_(loras=parse_loras(options.loras))
+    lora_sources(check_lora_sweep(options.loras, options.sweep), options.allow_pickle)
+    if options.fuse_lora and any(is_lora_axis(name) for name in options.sweep):
+        raise NbdistUsageError("--fuse-lora with a LoRA sweep would fuse and unfuse for every image; leave it out")
+    return options
 
 
 def check_sweep(pipe: Any, axes: dict[str, list[Any]]) -> None:
@@ -181,7 +198,7 @@ def check_sweep(pipe: Any, axes: dict[str, list[Any]]) -> None:
                 check_scheduler(pipe, value)
         elif name == "negative" and "negative_prompt" not in inspect.signature(type(pipe).__call__).parameters:
             raise NbdistUsageError(f"--sweep negative: {type(pipe).__name__} takes no negative prompt")
-        elif name not in BUILTIN_AXES:
+        elif name not in BUILTIN_AXES and not is_lora_axis(name):
             check_params(pipe, {name: values[0]})
 
 
