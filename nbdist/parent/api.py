@@ -64,16 +64,19 @@ def generate(
 
 
 def _default_observers(options: GenerateOptions) -> list[RunObserver]:
-    """A progress line on stderr for scripts and terminal IPython; nothing inside a Jupyter kernel.
+    """A progress line on stderr for scripts and terminal IPython; one status line in a Jupyter kernel.
 
-    In a kernel the cell's value (the result's static gallery) shows the images, and ``%%distgen`` is
-    the way to a live gallery; a terminal progress line there would only be noise in the cell.
+    In a kernel the cell's value (the result's static gallery) shows the images once the call returns,
+    and ``%%distgen`` is the way to a live gallery; a terminal progress line (``\\r``, ANSI) would pile
+    up in the cell, but a blank cell for the whole run says nothing: one text line updated in place.
     """
     if "ipykernel" in sys.modules:
         from IPython import get_ipython
 
         if type(get_ipython()).__name__ == "ZMQInteractiveShell":
-            return []
+            from .output.text_status import TextStatus
+
+            return [TextStatus()]
     from .output.terminal import TerminalProgress
 
     return [TerminalProgress(summary=True, files=bool(options.save_dir))]
