@@ -63,6 +63,7 @@ class CallSettings:
     notes: list[str] = field(default_factory=list)  # one line each: what the pipeline will not use
     loras: dict[str, float] = field(default_factory=dict)  # --lora: source -> scale (a sweep may change them)
     fuse_lora: bool = False  # --fuse-lora: the workers fuse the active LoRAs into the weights
+    prompt_syntax: str = "weighted"  # --prompt-syntax: "weighted" prompts go through compel where they need it
 
     @property
     def steps(self) -> int:
@@ -154,7 +155,8 @@ def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> Call
     sources["scheduler"] = "user" if options.scheduler else "class"
     loras = dict(getattr(options, "loras", None) or {})
     fuse = bool(getattr(options, "fuse_lora", False))
-    return CallSettings(kwargs, effective, sources, negative, options.scheduler, notes, loras, fuse)
+    syntax = str(getattr(options, "prompt_syntax", "weighted"))
+    return CallSettings(kwargs, effective, sources, negative, options.scheduler, notes, loras, fuse, syntax)
 
 
 def _unused(pipe: Any, params: dict[str, inspect.Parameter], options: GenerateOptions) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 from ..call_settings import CallSettings, call_parameters
 from ..jobs import ImageJob
 from ..sweep import job_call
+from .prompt_weights import needs_compel, prompt_embeddings
 
 __all__ = ["Made", "RunCancelled", "StepReporter", "run_batch", "step_callback", "to_images"]
 
@@ -94,8 +95,13 @@ def run_batch(
     if on_step is not None or should_stop is not None:
         kwargs.update(step_callback(pipe, StepReporter(on_step or _ignore, steps, should_stop=should_stop)))
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
+    prompts = [job.prompt for job in jobs]
     with torch.inference_mode():
-        out = pipe(prompt=[job.prompt for job in jobs], generator=generators, output_type="np", **kwargs)
+        text: dict[str, Any] = {"prompt": prompts}
+        if needs_compel(pipe, prompts, negative, call.prompt_syntax):  # (word:1.3) or past 77 tokens
+            kwargs.pop("negative_prompt", None)
+            text = prompt_embeddings(pipe, prompts, negative)
+        out = pipe(generator=generators, output_type="np", **text, **kwargs)
     return to_images(out, len(jobs))
 
 

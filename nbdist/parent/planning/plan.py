@@ -18,6 +18,7 @@ from ...call_settings import CallSettings, check_params, check_scheduler, resolv
 from ...jobs import ImageJob, make_jobs
 from ...loras import PROMPT_SYNTAXES, check_lora_fits, check_lora_sweep, is_lora_axis, lora_sources, parse_loras
 from ...options import GenerateOptions, NbdistUsageError
+from ...prompt_syntax import weighting_note
 from ..machine.devices import GpuChoice, choose_gpus, cpu_count, visible_gpu_count
 from ..machine.dtypes import default_dtype, family_of
 from ..machine.fork_safety import check_fork_safe
@@ -136,7 +137,7 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
         check_fit(model_or_pipe, options, device_type, dtype, n, choice.gpus)  # before the kernel loads it
         pipe, name = _pipeline(model_or_pipe, dtype, options)
         call = _check_call(pipe, name, options)
-        notes += call.notes
+        notes += [*call.notes, *filter(None, [weighting_note(pipe, list(prompts), options.prompt_syntax)])]
     seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
     options = options.with_(seed=seed, schedule=options.schedule or ("dynamic" if options.sweep else "static"))
     jobs = make_jobs(list(prompts), options.images_per_prompt, seed, options.sweep)

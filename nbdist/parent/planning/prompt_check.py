@@ -19,8 +19,16 @@ def _too_long(tokenizer: Any, limit: int, prompt: str) -> bool:
     return len(tokenizer(prompt, truncation=False, verbose=False).input_ids) > limit
 
 
-def truncation_warning(pipe: Any, prompts: Sequence[str]) -> str | None:
-    """One line naming the prompts longer than the tokenizer's limit, or None if all fit."""
+def truncation_warning(pipe: Any, prompts: Sequence[str], syntax: str = "plain") -> str | None:
+    """One line naming the prompts longer than the tokenizer's limit, or None if all fit.
+
+    With ``--prompt-syntax weighted`` (the default) CLIP families (SD1.x, SDXL) take long prompts whole
+    (compel, in chunks): nothing is cut, so there is nothing to warn about.
+    """
+    from ...prompt_syntax import family
+
+    if syntax == "weighted" and family(pipe) is not None:
+        return None
     tokenizer = getattr(pipe, "tokenizer", None)
     limit = getattr(tokenizer, "model_max_length", None)
     if tokenizer is None or not isinstance(limit, int) or limit > 100_000:
