@@ -3,7 +3,9 @@
 Opens a copy of notebooks/quickstart.ipynb, runs all cells, and checks what a user sees: tiles laid out
 in prompt order from the start and staying put, the first image visible while the cell is still running,
 click-to-enlarge with a full-size PNG download, no library noise anywhere in the notebook, and the
-static copy hidden next to the live gallery. Screenshots and timings go to artifacts/ (git-ignored).
+static copy hidden next to the live gallery. Screenshots and timings go to artifacts/ (git-ignored);
+with ``NBDIST_SCREENSHOT=1`` the finished quickstart gallery is also written, cropped and palette
+compressed, to docs/gallery.png (the README's picture).
 """
 
 from __future__ import annotations
@@ -273,6 +275,7 @@ def _run_quickstart(page, lab: str) -> None:
     expect(gallery.locator(".nbdist-tile[data-status='done']")).to_have_count(total, timeout=300_000)
     expect(cell.locator(".jp-InputArea-prompt")).not_to_contain_text("*", timeout=120_000)
     finished = time.monotonic()
+    _gallery_picture(gallery)
     boxes_after = tiles.evaluate_all("ts => ts.map(t => [t.offsetLeft, t.offsetTop, t.offsetWidth])")
     assert boxes_after == boxes_before, "tiles moved as images arrived"
     assert "12 of 12 images" in gallery.locator(".nbdist-stats").inner_text()
@@ -298,6 +301,7 @@ def _run_quickstart(page, lab: str) -> None:
     saved = ARTIFACTS / download.suggested_filename
     download.save_as(saved)
     assert saved.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _check_png_parameters(saved)
     gallery.scroll_into_view_if_needed()
     viewer.locator(".nbdist-viewer-bar").evaluate("e => e.scrollIntoView({block: 'start'})")
     page.screenshot(path=str(ARTIFACTS / "gallery.png"))
@@ -341,6 +345,8 @@ def _check_sweep_grid(page) -> None:
     assert first.locator(".nbdist-row-label").all_inner_texts() == rows
     indices = first.locator(".nbdist-tile").evaluate_all("ts => ts.map(t => Number(t.dataset.index))")
     assert indices == [0, 1, 2, 6, 7, 8]  # each prompt's images are numbered first axis fastest
+    expect(first.locator(".nbdist-prompt").first).to_be_hidden()  # the row label says the prompt
+    assert set(first.locator(".nbdist-prompt").all_inner_texts()) == {""}
 
     first.scroll_into_view_if_needed()
     page.screenshot(path=str(ARTIFACTS / "gallery-sweep-grid.png"))
@@ -360,6 +366,39 @@ def _check_sweep_grid(page) -> None:
     viewer.press("ArrowLeft")
     expect(title).to_contain_text("guidance=3 ")
     page.screenshot(path=str(ARTIFACTS / "gallery-sweep.png"))
+
+
+def _gallery_picture(gallery) -> None:
+    """The finished gallery as a picture: artifacts/gallery-live.png, and docs/gallery.png on request.
+
+    Cropped to the gallery and reduced to a 128-colour palette (the demo's flat shapes lose nothing),
+    so the README's picture stays small.
+    """
+    from PIL import Image
+
+    shot = ARTIFACTS / "gallery-live.png"
+    gallery.screenshot(path=str(shot), animations="disabled")
+    if os.environ.get("NBDIST_SCREENSHOT") != "1":
+        return
+    image = Image.open(shot).convert("RGB")
+    if image.width > 1100:
+        image = image.resize((1100, round(image.height * 1100 / image.width)), Image.Resampling.LANCZOS)
+    small = image.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    target = ROOT / "docs" / "gallery.png"
+    target.parent.mkdir(exist_ok=True)
+    small.save(target, optimize=True)
+    assert target.stat().st_size <= 150_000, f"{target} is {target.stat().st_size} bytes"
+
+
+def _check_png_parameters(path: Path) -> None:
+    """The downloaded PNG carries the text chunk the PNGs ``--save-dir`` writes (prompt, seed, model, ...)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        text = dict(image.text)
+    assert text["prompt"] == "a yellow square on a black background" and text["seed"] == "3", text
+    meta = json.loads(text["nbdist"])
+    assert meta["index"] == 3 and meta["steps"] == 15 and "demo" in meta["model"], meta
 
 
 def test_run_all_at_once_never_leaves_the_cell_silent(lab: str) -> None:
@@ -431,3 +470,126 @@ def _run_all_at_once(page, lab: str) -> None:
         expect(cell.locator(".nbdist-static")).to_be_visible()  # the images, once the run is over
     expect(cell.get_by_text("Loading widget")).to_be_hidden()
     print(json.dumps({"shown_while_running": seen, "kernel_connections": len(traffic.sockets)}))
+
+
+SHAPES = [
+    "a red circle on a blue background",
+    "a yellow square on a black background",
+    "a green triangle on a white background",
+]
+
+
+def _notebook(cells: list[str]) -> dict:
+    """A minimal nbformat 4 notebook of code cells."""
+    return {
+        "cells": [
+            {"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [], "source": src}
+            for i, src in enumerate(cells)
+        ],
+        "metadata": {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def test_background_runs_stop_and_the_saved_notebook(lab: str, tmp_path: Path) -> None:
+    """Two background runs: the second waits ("waiting"), is saved mid-run with what it has, then stopped.
+
+    The saved .ipynb holds each background cell's static copy (the first with every image, the second
+    with its images so far, then what it made before the Stop), and the stopped run's tiles and worker
+    lines say so in the live gallery and in the copy.
+    """
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = tmp_path / "notebooks" / "background.ipynb"
+    prompts = "\n".join(SHAPES * 2)
+    path.write_text(
+        json.dumps(
+            _notebook(
+                [
+                    "%load_ext nbdist",
+                    "from nbdist import demo_model\n\nmodel = str(demo_model())",
+                    f"%%distgen --model {{model}} -n 2 --seed 0 --background -o first\n{prompts}",
+                    f"%%distgen --model {{model}} -n 2 --seed 1 --steps 80 -k 4 --background -o second\n{prompts}",
+                ]
+            )
+        )
+    )
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            console: list[str] = []
+            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+            try:
+                _background_runs(page, lab.replace("quickstart.ipynb", "background.ipynb"), path)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "failure-background.png"))
+                print("\n".join(console[-40:]))
+                raise
+        finally:
+            browser.close()
+
+
+def _saved_static(path: Path, cell: int) -> str:
+    """The text/html of a saved cell's static copy ("" if it has none)."""
+    outputs = json.loads(path.read_text())["cells"][cell]["outputs"]
+    pages = ["".join(o.get("data", {}).get("text/html", "")) for o in outputs]
+    return next((p for p in pages if 'class="nbdist-static ' in p), "")
+
+
+def _save_until(page, path: Path, done) -> None:
+    """File → Save Notebook, then wait until the file on disk shows ``done(path)`` (saved again if not)."""
+    deadline = time.monotonic() + 60
+    while True:
+        page.locator(".lm-MenuBar-itemLabel", has_text="File").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).first.click()
+        saved = time.monotonic()
+        while time.monotonic() - saved < 5:
+            if done(path):
+                return
+            page.wait_for_timeout(200)  # polls the file the save writes
+        assert time.monotonic() < deadline, _saved_static(path, 3)[:2000]
+
+
+def _background_runs(page, url: str, path: Path) -> None:
+    from playwright.sync_api import expect
+
+    _open_ready_notebook(page, url)
+    _run_all(page)
+    cells = page.locator(".jp-CodeCell").filter(has_text="%%distgen")
+    first, second = cells.nth(0).locator(".nbdist-gallery"), cells.nth(1).locator(".nbdist-gallery")
+    # Queued behind the first run, the second's workers are busy with it: "waiting", not "loading".
+    workers = second.locator(".nbdist-worker")
+    expect(workers).to_have_count(2, timeout=120_000)
+    expect(workers.first).to_have_text("worker 0 · waiting", timeout=30_000)
+    expect(first.locator(".nbdist-tile[data-status='done']")).to_have_count(6, timeout=300_000)
+
+    # Mid-run: the second's static copy holds its images so far; a save keeps them.
+    expect(second.locator(".nbdist-tile[data-status='done']").first).to_be_visible(timeout=300_000)
+    partial = cells.nth(1).locator(".nbdist-static", has_text="still running")
+    expect(partial.locator("img").first).to_be_attached(timeout=30_000)
+    expect(partial).to_be_hidden()  # next to the live gallery, the copy stays out of sight
+    _save_until(page, path, lambda p: "still running" in _saved_static(p, 3) and "<img " in _saved_static(p, 3))
+    page.screenshot(path=str(ARTIFACTS / "background-running.png"))
+
+    second.locator(".nbdist-stop").click()
+    expect(second).to_have_attribute("data-finished", "true", timeout=60_000)
+    tiles = second.locator(".nbdist-tile")
+    stopped = second.locator(".nbdist-tile[data-status='stopped']")
+    made = second.locator(".nbdist-tile[data-status='done']").count()
+    assert 0 < made < 24 and stopped.count() == 24 - made, (made, stopped.count())
+    assert set(stopped.locator(".nbdist-status").all_inner_texts()) == {"not generated (stopped)"}
+    assert tiles.filter(has_text=re.compile("queued|step ")).count() == 0
+    lines = workers.all_inner_texts()
+    assert any(line.endswith(" · stopped") for line in lines) and not any("done" in line for line in lines), lines
+    page.screenshot(path=str(ARTIFACTS / "background-stopped.png"))
+
+    def finished(p: Path) -> bool:
+        return "interrupted" in _saved_static(p, 3) and "still running" not in _saved_static(p, 2)
+
+    _save_until(page, path, finished)
+    whole, cut = _saved_static(path, 2), _saved_static(path, 3)
+    assert whole.count("<img ") == 6 and "6 of 6 images" in whole
+    assert cut.count("<img ") == made and cut.count("not generated (stopped)") == 24 - made
