@@ -112,3 +112,20 @@ def test_lora_parsing_unit(tmp_path: Path) -> None:
         check_lora_sweep(loras, parse_sweep(["lora=0,1"]))
     with pytest.raises(NbdistUsageError, match="no --lora with that name"):
         check_lora_sweep(loras, parse_sweep(["lora:gamma=0,1"]))
+
+
+def test_demo_lora_turns_shapes_red(kernel: Kernel) -> None:
+    """The shipped demo LoRA, swept 0 → 1 on the demo model: the asked colour, then red (judged from pixels)."""
+    from nbdist.demo import demo_lora, demo_model
+
+    prompts = "a blue circle on a green background\na yellow square on a blue background"
+    ex = kernel.execute(
+        f"%%distgen --model {demo_model()} -n 2 --seed 0 -o d --lora {demo_lora()} --sweep lora=0,1\n{prompts}"
+    )
+    assert ex.error is None and stderr_lines(ex) == [], ex.stream()
+    seen = kernel.value(
+        "[(r.prompt.split()[1], r.params['lora'], __import__('nbdist.demo.evaluate', "
+        "fromlist=['judge']).judge(r.image).colour) for r in d]"
+    )
+    for asked, scale, colour in seen:
+        assert colour == (asked if scale == 0 else "red"), (asked, scale, colour)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["MODEL_DIR", "demo_model", "demo_settings"]
+__all__ = ["LORA_DIR", "MODEL_DIR", "demo_lora", "demo_model", "demo_settings"]
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
+LORA_DIR = Path(__file__).resolve().parent / "lora" / "red-shapes"
 
 
 def demo_model() -> Path:
@@ -32,3 +33,16 @@ def demo_model() -> Path:
 def demo_settings() -> dict[str, float]:
     """The sampling settings the model was tuned for (``nbdist.json``): ``{"steps": N, "guidance": G}``."""
     return json.loads((demo_model() / "nbdist.json").read_text())
+
+
+def demo_lora() -> Path:
+    """The demo LoRA's folder (``--lora``, ``load_lora_weights``): on the demo model it draws every shape red.
+
+    Trained by ``scripts/train_demo_lora.py`` on the demo model, so a LoRA sweep shows an effect that
+    can be checked from pixels (``nbdist.demo.evaluate``): the asked colour at scale 0, red at scale 1.
+    """
+    if not (LORA_DIR / "pytorch_lora_weights.safetensors").is_file():
+        raise FileNotFoundError(
+            f"the demo LoRA is missing from {LORA_DIR}; reinstall nbdist or run scripts/train_demo_lora.py"
+        )
+    return LORA_DIR
