@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from . import phases, warm_imports
 from .options import NbdistUsageError
 
 __all__ = [
@@ -112,6 +113,7 @@ def load_pipeline(
     if looks_like_path(model) and not os.path.isdir(expanded):
         raise NbdistUsageError(f"model folder {model!r} does not exist")
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    warm_imports.wait(import_here=phases.listening())  # a run's loads say "importing torch…" while it lasts
     with quiet_libraries():
         from diffusers import DiffusionPipeline
 
@@ -129,12 +131,91 @@ def load_pipeline(
         if quantization_config is not None:  # a PipelineQuantizationConfig, built in a worker (--quantize)
             kwargs["quantization_config"] = quantization_config
         try:
-            return DiffusionPipeline.from_pretrained(expanded if os.path.isdir(expanded) else model, **kwargs)
+            with component_progress(expanded if os.path.isdir(expanded) else model, revision):
+                return DiffusionPipeline.from_pretrained(expanded if os.path.isdir(expanded) else model, **kwargs)
         except Exception as exc:  # OSError, ValueError, or a transport error mid-download
             error = _load_error(model, exc, os.path.isdir(expanded), allow_pickle, variant, revision)
             if error is None:
                 raise
             raise error from exc
+
+
+_LOADER_LOGGER = "diffusers.pipelines.pipeline_utils"  # logs "Loaded <name> as <class> ..." per component
+
+
+class _ComponentCounter(logging.Handler):
+    """Counts diffusers' "Loaded ..." lines and reports "loading the pipeline: k of n components"."""
+
+    def __init__(self, total: int | None) -> None:
+        super().__init__(logging.INFO)
+        self.total = total
+        self.loaded = 0
+
+    def text(self) -> str:
+        if self.total:
+            return f"loading the pipeline: {min(self.loaded, self.total)} of {self.total} components"
+        return f"loading the pipeline: {self.loaded} component(s)" if self.loaded else "loading the pipeline…"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Loaded "):
+            self.loaded += 1
+            phases.report(self.text())
+
+
+@contextlib.contextmanager
+def component_progress(model: str, revision: str | None = None) -> Iterator[None]:
+    """While ``from_pretrained`` runs, report each component it has loaded (only when a run listens).
+
+    diffusers loads a pipeline's components one by one and logs "Loaded unet as UNet2DConditionModel
+    ..." at INFO after each; its own progress bar offers no hook (it builds ``tqdm.auto`` itself). So a
+    handler counts those records on the loader's logger, raised to INFO and kept from propagating for the
+    duration (the user sees no log line; ``quiet_libraries`` keeps the rest of diffusers quiet). Should a
+    diffusers version stop logging them, the phase just stays at "loading the pipeline…".
+    """
+    if not phases.listening():
+        yield
+        return
+    counter = _ComponentCounter(component_count(model, revision))
+    logger = logging.getLogger(_LOADER_LOGGER)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(counter)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    phases.report(counter.text())
+    try:
+        yield
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def component_count(model: str, revision: str | None = None) -> int | None:
+    """How many components ``from_pretrained`` will load, from ``model_index.json``; None if unknown.
+
+    Read from the folder, or for a hub id from the hub cache (no network: the count is only for the text).
+    """
+    import json
+
+    path: Any = os.path.join(model, "model_index.json")
+    if not os.path.isfile(path):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            path = try_to_load_from_cache(model, "model_index.json", revision=revision)
+        except Exception:  # not a hub id, or no cache: the count is only for the progress text
+            return None
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (OSError, ValueError):
+        return None
+    count = sum(
+        1 for key, value in index.items() if not key.startswith("_") and isinstance(value, list) and None not in value
+    )
+    return count or None
 
 
 _PICKLE_HINT = "pass --allow-pickle to load its pickle files (only for a model you trust: pickle can run code)"

@@ -46,7 +46,7 @@ from ..parent.output.static_html import (
     static_copy,
 )
 from ..parent.results.observer import RunInfo
-from .gallery_state import GalleryState, TileState
+from .gallery_state import GalleryState, HeaderView, TileState, format_seconds
 from .gallery_widget import FullImage, GalleryWidget, TileModel, png_bytes
 
 __all__ = ["WIDGET_VIEW_MIMETYPE", "Gallery"]
@@ -98,6 +98,9 @@ class Gallery:
         self._run: RunInfo | None = None
         self._params: dict[str, Any] = {}
         self.token = secrets.token_hex(6)
+        self._created = clock()  # the cell's start, near enough: what the early header's elapsed counts from
+        self._phase = ""  # what the run is doing before it starts (the early header's line)
+        self._live_id = f"nbdist-live-{secrets.token_hex(8)}"  # the early display, removable (``discard``)
 
     # -- observer protocol ------------------------------------------------------------------------
 
@@ -111,26 +114,53 @@ class Gallery:
             tile.index: TileModel.from_state(tile, caption="" if tile.index in labelled else None)
             for tile in self.state.tiles
         }
-        self.widget = GalleryWidget(
-            tiles=list(self.tiles.values()),
-            aspect=run.width / run.height if run.height else 1.0,
-            full_image=self.full_image,
-            grids=[asdict(grid) for grid in grids],
-        )
-        self.widget.add_class("nbdist-live")
-        self.widget.add_class(live_class(self.token))
+        aspect = run.width / run.height if run.height else 1.0
+        shown = self._fill_widget(list(self.tiles.values()), aspect, [asdict(grid) for grid in grids])
+        assert self.widget is not None
         self.widget.show_header(self.state.header())
         self._last_flush = self._clock()
-        display(self.mimebundle(), raw=True)
-        if self._fallback is None:
-            self._fallback = _in_kernel()
-        if self._fallback:
-            bundle = self.fallback_bundle()
-            display(bundle, raw=True, display_id=self._fallback_id)
-            self._fallback_sent, self._last_fallback = bundle, self._clock()
+        if not shown:
+            display(self.mimebundle(), raw=True)
+        self._show_fallback()
         if self.background:
             display(self.static_bundle(), raw=True, display_id=self._static_id)
             self._static_at = self._clock()
+
+    def on_phase(self, text: str) -> None:
+        """What the run is doing before its workers report, shown at once.
+
+        The first phase ("importing torch…", "loading the pipeline: 3 of 5 components") displays the
+        gallery with only its header, so the cell is not blank while the kernel imports and loads; the
+        tiles fill in when the run starts (``on_start``). A phase after that ("starting 2 workers") is
+        the header's stats line until a worker reports.
+        """
+        if self.state is not None:
+            with self._lock:
+                self.state.phase = text
+            self.flush()
+            return
+        self._phase = text
+        if self.widget is None:
+            self.widget = self._new_widget([], 1.0, [])
+            self.widget.show_header(self._early_header())
+            display(self.mimebundle(), raw=True, display_id=self._live_id)
+        else:
+            self.widget.show_header(self._early_header())
+        self._show_fallback()
+
+    def discard(self) -> None:
+        """The run never started (bad input found while loading, a failed import): remove the early header.
+
+        The cell then shows only the error, as it did before there was an early header.
+        """
+        if self.state is not None or self.widget is None:
+            return
+        update_display({"text/plain": ""}, raw=True, display_id=self._live_id)
+        if self._fallback_sent is not None:
+            update_display({"text/plain": ""}, raw=True, display_id=self._fallback_id)
+            self._fallback_sent = None
+        self.widget.close()
+        self.widget = None
 
     def on_message(self, msg: Message) -> None:
         """Absorb a message; nothing is sent until the next tick (the run's first image: at once)."""
@@ -195,10 +225,9 @@ class Gallery:
 
     def fallback_bundle(self, final: bool = False) -> dict[str, Any]:
         """The text progress: the header's lines; once the run is over, none (the static copy follows)."""
-        assert self.state is not None
         if final:
             return {"text/html": fallback_html(self.token, [], hidden=True), "text/plain": ""}
-        header = self.state.header()
+        header = self.state.header() if self.state is not None else self._early_header()
         lines = [header.stats, *header.workers]
         return {
             "text/html": fallback_html(self.token, lines, title=header.title),
@@ -248,11 +277,45 @@ class Gallery:
 
     def mimebundle(self) -> dict[str, Any]:
         """The display bundle: the widget view plus a line for viewers without widget support."""
-        assert self.widget is not None and self.state is not None
+        assert self.widget is not None
+        count = f" of {len(self.state.tiles)} images" if self.state is not None else ""
         return {
             WIDGET_VIEW_MIMETYPE: {"version_major": 2, "version_minor": 0, "model_id": self.widget.model_id},
-            "text/plain": f"nbdist gallery of {len(self.state.tiles)} images (live view: needs the kernel that ran it)",
+            "text/plain": f"nbdist gallery{count} (live view: needs the kernel that ran it)",
         }
+
+    def _new_widget(self, tiles: list[TileModel], aspect: float, grids: list[dict[str, Any]]) -> GalleryWidget:
+        widget = GalleryWidget(tiles=tiles, aspect=aspect, full_image=self.full_image, grids=grids)
+        widget.add_class("nbdist-live")
+        widget.add_class(live_class(self.token))
+        return widget
+
+    def _fill_widget(self, tiles: list[TileModel], aspect: float, grids: list[dict[str, Any]]) -> bool:
+        """Give the widget the run's tiles; True if it was already shown (the early header), filled in place."""
+        if self.widget is None:
+            self.widget = self._new_widget(tiles, aspect, grids)
+            return False
+        with self.widget.hold_sync():
+            self.widget.tiles, self.widget.aspect, self.widget.grids = tiles, aspect, grids
+        return True
+
+    def _early_header(self) -> HeaderView:
+        """The header before the run's tiles exist: what is happening, and for how long already."""
+        stats = f"{self._phase} · elapsed {format_seconds(self._clock() - self._created)}"
+        return HeaderView(title="nbdist · preparing the run", stats=stats, fraction=0.0, workers=())
+
+    def _show_fallback(self) -> None:
+        """Display the text progress (in a kernel), or update it when it is already shown."""
+        if self._fallback is None:
+            self._fallback = _in_kernel()
+        if not self._fallback:
+            return
+        bundle = self.fallback_bundle()
+        if self._fallback_sent is None:
+            display(bundle, raw=True, display_id=self._fallback_id)
+        elif bundle != self._fallback_sent:
+            update_display(bundle, raw=True, display_id=self._fallback_id)
+        self._fallback_sent, self._last_fallback = bundle, self._clock()
 
     def full_image(self, index: int) -> FullImage | str:
         """Image ``index`` at full size as PNG, or why it is not available (asked by the browser)."""

@@ -123,6 +123,7 @@ class GalleryState:
     first_progress: float | None = field(init=False, default=None)
     summary: str | None = field(init=False, default=None)
     queued_behind: int = field(init=False, default=0)  # runs ahead of this one on the warm workers
+    phase: str | None = field(init=False, default=None)  # e.g. "starting 2 workers": said until a worker reports
     _dirty: set[int] = field(init=False, default_factory=set)
     _by_index: dict[int, TileState] = field(init=False)
     _steps_text: str = field(init=False)
@@ -142,7 +143,9 @@ class GalleryState:
         steps = sorted({t.steps for t in self.tiles}) or [self.run.steps]  # once per run, not per header
         self._steps_text = f"{steps[0]} steps" if len(steps) == 1 else f"{steps[0]}–{steps[-1]} steps"
         self.workers = {rank: WorkerState(rank) for rank in range(self.run.num_processes)}
-        self.started = self.clock()
+        # From the generate() call (the cell's start) when known: the kernel's imports and load are part of the wait.
+        called = self.run.started
+        self.started = called if called is not None and self.clock is time.monotonic else self.clock()
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -256,8 +259,9 @@ class GalleryState:
         return self.clock() - self.started
 
     def images_per_second(self) -> float | None:
-        elapsed = self.elapsed()
-        return self.done / elapsed if self.done and elapsed > 0 else None
+        """Images per second since the first worker was ready: the rate of the run, not of the load before it."""
+        since = self.clock() - (self.first_progress if self.first_progress is not None else self.started)
+        return self.done / since if self.done and since > 0 else None
 
     def eta(self) -> float | None:
         """Seconds left, from the denoising rate since the first worker was ready (loading excluded)."""
@@ -281,6 +285,8 @@ class GalleryState:
             stats = self.summary
         elif self.queued_behind:
             stats = f"queued: waiting for {self.queued_behind} run(s) before it on the warm workers"
+        elif self.phase is not None and self.first_progress is None:
+            stats = f"{self.phase} · elapsed {format_seconds(self.elapsed())}"
         else:
             parts = [f"{self.done}/{total} images", f"steps {self.steps_done}/{self.steps_total}"]
             if self.failed:

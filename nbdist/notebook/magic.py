@@ -116,6 +116,7 @@ class DistgenMagics(Magics):
             return self._lifecycle(args)
         ns = self.shell.user_ns
         as_cell, cell = cell is not None, cell or ""
+        shows: list[Any] = []
         try:
             model = self._model(args, ns)
             prompts = _prompts(args, line, cell, ns, as_cell=as_cell)
@@ -128,7 +129,11 @@ class DistgenMagics(Magics):
             )
             result = generate(model, prompts, options=options, observers=[*keep, *shows], background=args.background)
         except NbdistUsageError as exc:  # named as typed: -n 0 is reported as -n, not --num-processes
+            _discard(shows)
             raise UsageError(as_typed(str(exc), arg_split(line))) from None
+        except BaseException:  # a failed or interrupted import or load: no header left saying "importing…"
+            _discard(shows)
+            raise
         if args.background:
             for show in shows:
                 if isinstance(show, Gallery):
@@ -217,6 +222,14 @@ def give_empty_cell_a_body(lines: list[str]) -> list[str]:
     if len(lines) == 1 and re.match(r"%%distgen(\s|$)", lines[0]) and not lines[0].rstrip().endswith("?"):
         return [lines[0].rstrip("\n") + "\n", "\n"]
     return lines
+
+
+def _discard(shows: list[Any]) -> None:
+    """Remove what a run that never started displayed early (the gallery header shown while importing)."""
+    for show in shows:
+        discard = getattr(show, "discard", None)
+        if discard is not None:
+            discard()
 
 
 def _has_widget_front_end(shell: Any) -> bool:

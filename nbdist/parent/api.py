@@ -9,9 +9,12 @@ it returns a ``RunHandle`` at once instead.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
+from .. import phases, warm_imports
 from ..options import GenerateOptions
 from ..pipelines import resolve_model
 from .planning.plan import make_options, plan_run
@@ -45,22 +48,53 @@ def generate(
     with the same model, dtype, device and ``-n`` starts at once. ``background=True`` returns a
     ``RunHandle`` (records so far, ``done``, ``wait()``, ``cancel()``) instead of waiting.
     """
+    started = time.monotonic()  # the totals count from here: the kernel's imports and load are the user's wait too
     opts = make_options(options, overrides)
     prompts = list(prompts)
     if isinstance(model_or_pipe, str):
         model_or_pipe = resolve_model(model_or_pipe)  # "demo": the shipped demo model, no hub lookup
-    plan = plan_run(model_or_pipe, prompts, opts)
+    if observers is None:
+        observers = _default_observers(opts)
+    report = _phase_reporter(observers)
+    with phases.reporting(report):
+        plan = plan_run(model_or_pipe, prompts, opts)
+        warm_imports.wait(import_here=False)  # no fork while the background import holds import locks
+    plan.info = replace(plan.info, started=started)
     for line in [*plan.notes, truncation_warning(plan.pipe, prompts)]:
         if line:
             print(line, file=sys.stderr)
-    if observers is None:
-        observers = _default_observers(opts)
-    handle, reason = the_pool().submit(plan, list(observers))
+    pool = the_pool()
+    fresh = not pool.status().pids
+    handle, reason = pool.submit(plan, list(observers))
     if reason:
         print(reason, file=sys.stderr)
+    if report is not None and (fresh or reason):  # the workers' own lines follow ("loading the pipeline…")
+        report(f"starting {plan.num_processes} worker{'s' if plan.num_processes != 1 else ''}")
     if background:
         return handle
     return wait_interruptibly(handle)
+
+
+def _phase_reporter(observers: Sequence[RunObserver]) -> Callable[[str], None] | None:
+    """Pass a phase ("importing torch…") to every observer that shows them (``on_phase``); None if none does.
+
+    A failing observer must not fail the run: its error is said once, like ``Fanout`` does.
+    """
+    listeners = [(type(o).__name__, f) for o in observers if (f := getattr(o, "on_phase", None)) is not None]
+    if not listeners:
+        return None
+    failed: set[str] = set()
+
+    def report(text: str) -> None:
+        for name, listener in listeners:
+            try:
+                listener(text)
+            except Exception as exc:
+                if name not in failed:
+                    print(f"nbdist: {name} failed: {exc!r}", file=sys.stderr)
+                failed.add(name)
+
+    return report
 
 
 def _default_observers(options: GenerateOptions) -> list[RunObserver]:

@@ -57,7 +57,18 @@ class TerminalProgress:
     def on_start(self, run: RunInfo) -> None:
         self._jobs = {job.index: job for job in run.jobs}
         self._total = len(run.jobs)
-        self._started = self._clock()
+        # From the generate() call when known (the kernel's imports and load are part of the wait).
+        self._started = run.started if run.started is not None and self._clock is time.monotonic else self._clock()
+
+    def on_phase(self, text: str) -> None:
+        """What the run is doing before the workers report ("importing torch…"): on a tty only, as the live line.
+
+        In a log every phase would be a line of its own for something that is over in seconds; the
+        workers' "ready" lines and the summary say enough there.
+        """
+        if self._live:
+            self._write(f"\r\x1b[K{self._prefix}nbdist: {text}")
+            self._drawn = True
 
     def on_message(self, msg: Message) -> None:
         if isinstance(msg, WorkerStarted):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ... import warm_imports
 from ...call_settings import CallSettings, check_params, check_scheduler, resolve_call
 from ...jobs import ImageJob, make_jobs
 from ...loras import PROMPT_SYNTAXES, check_lora_fits, check_lora_sweep, is_lora_axis, lora_sources, parse_loras
@@ -120,6 +121,7 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
     if not prompts:
         raise NbdistUsageError("no prompts: write one prompt per line in the cell")
     if options.device != "cpu":
+        warm_imports.wait(import_here=False)  # the probe forks and reads torch: not while the warm thread imports it
         check_fork_safe()
     notes: list[str] = []
     gpus = query_gpus() if options.device != "cpu" else GpuQuery()  # one nvidia-smi call per plan

@@ -39,6 +39,7 @@ class Run:
         self.cancel_requested_at: float | None = None
         self.fresh_group = False  # the pipeline changed since the workers started: they must be replaced
         self.started_at: float | None = None
+        self.waited = False  # queued behind other runs: its totals count from when the workers took it
         self.result: GenerationResult | None = None
         self.done = threading.Event()
         self._log_offsets: dict[int, int] = {}
@@ -49,6 +50,11 @@ class Run:
     def announce(self) -> None:
         """Observers' ``on_start``, in the caller's thread (the gallery displays itself in the cell)."""
         self.fanout.start(self.plan.info)
+
+    def queued(self, ahead: int) -> None:
+        """The run waits behind ``ahead`` others: observers say so, and the wait is not counted as its own."""
+        self.waited = True
+        self.fanout.queued(ahead)
 
     def begin(self, hellos: dict[int, WorkerStarted], log_dir: str) -> None:
         """The pool dispatched the run to its workers."""
@@ -93,7 +99,7 @@ class Run:
             builder.worker_failures.append(WorkerFailure(-1, f"launcher: {type(error).__name__}: {error}"))
         if note:
             builder.worker_failures.append(WorkerFailure(-1, note))
-        started = self.started_at
+        started = self.counted_from()
         result = GenerationResult(
             records=[builder.records[i] for i in sorted(builder.records)],
             missing=[job for job in plan.jobs if job.index not in builder.records],
@@ -121,6 +127,15 @@ class Run:
         self.result = result
         self.done.set()
         return result
+
+    def counted_from(self) -> float | None:
+        """Where the run's seconds start: the ``generate`` call (imports and the kernel's load are part of
+        the wait), or for a run that was queued behind others, when the workers took it; None if they never did.
+        """
+        if self.started_at is None:
+            return None
+        called = self.plan.info.started
+        return called if called is not None and not self.waited else self.started_at
 
     def _read_logs(self) -> dict[int, str]:
         """What each worker wrote to its log during this run."""

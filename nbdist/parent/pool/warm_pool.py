@@ -112,7 +112,7 @@ class WorkerPool:
             ahead = len(self._pending) + (self._current is not None)
             self._pending.append(run)
         if ahead:
-            run.fanout.queued(ahead)
+            run.queued(ahead)
         self._wake.set()
         return RunHandle(run, self), reason
 

@@ -25,6 +25,7 @@ class RunInfo:
     height: int
     width: int
     call: Any = None  # CallSettings: effective steps, guidance, ... and where each came from
+    started: float | None = None  # time.monotonic() when generate() was called: totals count the kernel's load too
 
     def setting(self, name: str) -> Any:
         """The effective value of ``steps``, ``guidance``, ``negative``, ``scheduler`` (else the option)."""

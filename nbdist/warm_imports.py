@@ -1,0 +1,122 @@
+"""Import torch, diffusers and what a first run needs on a background thread from ``%load_ext nbdist``.
+
+Why: the first ``%%distgen`` of a kernel used to spend most of its wait importing torch and diffusers
+(seconds, up to tens of seconds on a busy machine) before anything else could happen. A user leaves a
+few seconds between ``%load_ext nbdist`` and that first cell (reading, typing, the cell below the
+import); importing meanwhile turns those seconds into a shorter first run (benchmarks/RESULTS.md,
+"first cell").
+
+Safety, in the order it matters:
+
+- Nothing here starts CUDA: these are imports only, of modules a run imports in the kernel anyway;
+  bitsandbytes (which does start CUDA) is kept out by ``hide_in_parent``, which ran when ``nbdist``
+  itself was imported, before this thread can start.
+- No fork while this thread imports (a child forked while another thread holds an import lock can
+  deadlock on it): ``generate`` calls ``wait`` before the pool forks anything.
+- One import of each module: Python's per-module import locks make a concurrent ``import torch`` in the
+  cell wait for this thread's, and ``wait`` joins the thread before nbdist imports anything heavy.
+- A failure is not lost: ``wait`` raises it in the cell that needs the modules (once; a later call
+  imports again in the foreground, where the error, if it persists, comes as a normal traceback).
+
+``NBDIST_WARM_IMPORTS=0`` turns the background import off (the benchmark's baseline).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import time
+
+from . import phases
+
+__all__ = ["STEPS", "enabled", "start", "wait"]
+
+# (module, attribute): the attribute makes a lazy package (diffusers, transformers) import the
+# submodule that defines it. The loader and the components of the SD-style pipelines most runs use,
+# the launcher that forks the workers, and nbdist's worker side (forked workers run it).
+STEPS: tuple[tuple[str, str | None], ...] = (
+    ("torch", None),
+    ("diffusers", "DiffusionPipeline"),
+    ("diffusers", "AutoencoderKL"),
+    ("diffusers", "UNet2DConditionModel"),
+    ("transformers", "CLIPTextModel"),
+    ("transformers", "CLIPTokenizer"),
+    ("accelerate", "notebook_launcher"),
+    ("torch.distributed.launcher.api", None),
+    ("nbdist.worker", None),
+)
+
+PHASE = "importing torch and diffusers…"
+
+_lock = threading.Lock()
+_thread: threading.Thread | None = None
+_error: BaseException | None = None
+_done = False
+_seconds: float | None = None  # how long the background import took (for the benchmark's notes)
+
+
+def enabled() -> bool:
+    """Background import wanted: on unless ``NBDIST_WARM_IMPORTS=0``."""
+    return os.environ.get("NBDIST_WARM_IMPORTS", "1").strip().lower() not in ("0", "off", "no", "false")
+
+
+def start() -> bool:
+    """Start the background import once per process; False when off, already started, or nothing to do."""
+    global _thread
+    with _lock:
+        if not enabled() or _thread is not None or _done:
+            return False
+        _thread = threading.Thread(target=_background, name="nbdist-warm-imports", daemon=True)
+        _thread.start()
+        return True
+
+
+def _background() -> None:
+    global _error, _done, _seconds
+    began = time.monotonic()
+    try:
+        _import_all()
+    except BaseException as exc:  # kept for the cell that needs the modules: a thread's error is otherwise lost
+        _error = exc
+    else:
+        _done = True
+        _seconds = time.monotonic() - began
+
+
+def _import_all() -> None:
+    for module, attribute in STEPS:
+        loaded = importlib.import_module(module)
+        if attribute is not None:
+            getattr(loaded, attribute)
+
+
+def wait(import_here: bool = True) -> None:
+    """Return once the background import is over; with ``import_here``, once the modules are imported.
+
+    Says ``importing torch and diffusers…`` (``phases.report``) while that takes a while. The join is
+    in short slices so that an interrupt (the stop button) still reaches the cell. A background failure
+    is raised here, with a note saying where it happened. ``import_here=False`` only waits for the
+    thread: what the pool needs before it forks, when the run loads nothing in the kernel.
+    """
+    global _done, _error, _thread
+    thread = _thread
+    if thread is not None:
+        if thread.is_alive():
+            phases.report(PHASE)
+            while thread.is_alive():
+                thread.join(0.1)
+        with _lock:
+            error, _error = _error, None
+            if error is not None:
+                _thread = None  # the next run imports in the foreground
+        if error is not None:
+            error.add_note("nbdist imported this on a background thread from %load_ext nbdist")
+            raise error
+    if _done or not import_here:
+        return
+    if "diffusers.pipelines.pipeline_utils" not in sys.modules:  # the slow part still ahead: say so
+        phases.report(PHASE)
+    _import_all()
+    _done = True
