@@ -73,6 +73,11 @@ def test_lora_swapped_in_warm_workers(kernel: Kernel, tiny_model: str, loras: tu
         assert kernel.value(f"worst({out}, {names!r}, {scales!r})") <= 2, out
     assert kernel.value("worst(r5, [], [])") <= 2
     assert kernel.value("r1[0].image.tobytes() != r5[0].image.tobytes()"), "the LoRA changed nothing"
+    # Fused for speed, then unfused by the next change: still the same workers and the same images.
+    for out, flags in {"f1": f"--lora {a}:0.8 --fuse-lora", "f2": f"--lora {b}"}.items():
+        ex = kernel.execute(CELL.format(model=tiny_model, out=out, flags=flags))
+        assert ex.error is None and stderr_lines(ex) == [] and pids(kernel) == first, (flags, ex.stream())
+    assert kernel.value("worst(f1, ['a'], [0.8])") <= 2 and kernel.value("worst(f2, ['b'], [1.0])") <= 2
 
 
 def test_lora_sweeps(kernel: Kernel, tiny_model: str, loras: tuple[Path, Path]) -> None:
