@@ -164,7 +164,8 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
             "action": "append",
             "metavar": "NAME=V1,V2",
             "help": "compare values as a labelled grid (repeatable, up to 3 axes): seed, steps, guidance, "
-            "size (512x768), negative, scheduler or a --param name; integer ranges as A..B. Every image of "
+            "size (512x768), negative, scheduler, lora (scales of the one --lora, or none,a.safetensors,...), "
+            "lora:NAME or a --param name; integer ranges as A..B. Every image of "
             "prompt j (image k) keeps seed seed+j*K+k whatever the other axes; a swept seed sets it",
         },
     ),

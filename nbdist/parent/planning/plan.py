@@ -7,6 +7,7 @@ same key reuses the workers; any other key replaces them.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import secrets
@@ -178,6 +179,8 @@ def _check_loras(options: GenerateOptions) -> GenerateOptions:
             f"unknown --prompt-syntax {options.prompt_syntax!r}; choose {', '.join(PROMPT_SYNTAXES)}"
         )
     options = options.with_(loras=parse_loras(options.loras))
+    if (options.loras or any(is_lora_axis(n) for n in options.sweep)) and importlib.util.find_spec("peft") is None:
+        raise NbdistUsageError("--lora needs peft (diffusers loads LoRAs with it): pip install 'nbdist[lora]'")
     lora_sources(check_lora_sweep(options.loras, options.sweep), options.allow_pickle)
     if options.fuse_lora and any(is_lora_axis(name) for name in options.sweep):
         raise NbdistUsageError("--fuse-lora with a LoRA sweep would fuse and unfuse for every image; leave it out")
