@@ -14,7 +14,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 
 from ..arguments import as_typed, magic_decorators, options_from_args
@@ -111,7 +111,8 @@ class DistgenMagics(Magics):
         finished images and the workers. %distgen --status shows them, %distgen --shutdown stops them
         (nbdist.status() / nbdist.shutdown() in Python); they also stop after --idle-timeout.
         """
-        args = parse_argstring(self.distgen, line)
+        tokens = _split(line)
+        args = self.distgen.parser.parse_args(tokens)
         if args.status or args.shutdown or args.idle_timeout is not None:
             return self._lifecycle(args)
         ns = self.shell.user_ns
@@ -130,7 +131,7 @@ class DistgenMagics(Magics):
             result = generate(model, prompts, options=options, observers=[*keep, *shows], background=args.background)
         except NbdistUsageError as exc:  # named as typed: -n 0 is reported as -n, not --num-processes
             _discard(shows)
-            raise UsageError(as_typed(str(exc), arg_split(line))) from None
+            raise UsageError(as_typed(str(exc), tokens)) from None
         except BaseException:  # a failed or interrupted import or load: no header left saying "importing…"
             _discard(shows)
             raise
@@ -185,6 +186,18 @@ class DistgenMagics(Magics):
         return args.model
 
 
+def _split(line: str) -> list[str]:
+    """The line's words as a shell splits them: ``-p "a red circle"`` is the prompt without its quotes.
+
+    IPython's ``parse_argstring`` splits with ``posix=False``, which keeps the quotes in the value (a
+    prompt or ``--negative "blurry, dark"`` would carry them into the image's text encoder).
+    """
+    try:
+        return arg_split(line, posix=True)
+    except ValueError as exc:  # an unbalanced quote
+        raise UsageError(f"%distgen {line}: {exc}") from None
+
+
 def _prompts(args: Any, line: str, cell: str, ns: dict[str, Any], *, as_cell: bool) -> list[str]:
     """The run's prompts: ``--prompts NAME`` then ``-p TEXT`` (like the CLI), or the cell's lines; never both."""
     given = prompts_from_namespace(args.prompts, ns) if args.prompts else []
@@ -208,7 +221,7 @@ def _no_prompts(line: str, args: Any, *, as_cell: bool) -> str:
     if as_cell:
         return f"no prompts: write them one per line below %%distgen {line}, or give them on one line: {one_line}"
     return (
-        f"no prompts: %distgen takes them as -p TEXT (repeatable) or --prompts NAME (a list or a file): {one_line}; "
+        f"no prompts: give them with -p TEXT (repeatable) or --prompts NAME (a list or a file), e.g. {one_line}; "
         "or write them one per line below a %%distgen line"
     )
 
