@@ -22,15 +22,15 @@ from nbdist.parent.machine.devices import visible_gpu_count
 
 CASES = [
     # (id, magic line after %%distgen, cell body, expected text in the one-line error)
-    ("empty cell", "--model {tiny}", "", "the cell body is empty"),  # IPython's own check
+    ("empty cell", "--model {tiny}", "", "no prompts: write them one per line below %%distgen"),  # not IPython's
     ("only comments", "--model {tiny}", "# a comment\n\n   # another", "no prompts"),
     ("no model", "--steps 2", "a cat", "say which model"),
     ("unknown option", "--model {tiny} --bogus 3", "a cat", "unrecognized arguments: --bogus"),
     ("steps 0", "--model {tiny} --steps 0", "a cat", "--steps"),
     ("steps negative", "--model {tiny} --steps -2", "a cat", "--steps"),
-    ("images per prompt 0", "--model {tiny} -k 0", "a cat", "--images-per-prompt"),
-    ("batch size 0", "--model {tiny} -b 0", "a cat", "--batch-size"),
-    ("num processes 0", "--model {tiny} -n 0", "a cat", "--num-processes"),
+    ("images per prompt 0", "--model {tiny} -k 0", "a cat", "UsageError: -k must be"),  # as typed
+    ("batch size 0", "--model {tiny} --batch-size 0", "a cat", "UsageError: --batch-size must be"),
+    ("num processes 0", "--model {tiny} -n 0", "a cat", "UsageError: -n must be a positive integer"),
     ("height not a multiple", "--model {tiny} --height 33", "a cat", "--height 33 is not a multiple of 2"),
     ("width not a multiple", "--model {tiny} --width 31", "a cat", "--width 31 is not a multiple of 2"),
     ("missing model folder", "--model ./no/such/model", "a cat", "does not exist"),

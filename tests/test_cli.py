@@ -221,8 +221,57 @@ def test_cli_usage_errors_are_one_line(tiny_model, prompts_file, tmp_path) -> No
     assert "--prompts nope.txt: No such file or directory" in fails(*base, "--prompts", "nope.txt")
     assert "no prompts" in fails(*base, "--prompts", os.devnull)
     assert "--steps must be a positive integer" in fails(*base, "-p", "a dog", "--steps", "0")
+    assert "error: -n must be a positive integer" in fails(*base, "-p", "a dog", "-n", "0")  # the flag as typed
     assert "'0:5GB' has no '='" in fails(*base, "-p", "a", "--device-map", "balanced", "--max-memory", "0:5GB")
     assert "the following arguments are required: -o/--out/--save-dir" in fails("--model", tiny_model, "-p", "a")
+
+
+def test_cli_one_run_per_folder_and_model_demo(tmp_path: Path) -> None:
+    """--model demo is the shipped model (no hub; ./demo only when written so); a folder holding a run is
+    refused in one line naming --overwrite, which replaces that run and keeps the user's other files."""
+    (tmp_path / "demo").mkdir()  # an (empty) folder named demo here: bare "demo" must not mean it
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9"}  # any hub lookup would fail
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "nbdist", "generate", "--model", "demo", "-n", "1", "--steps", "2", *args]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+    first = cli("-p", "a red circle on a blue background", "-p", "a blue square on a red background", "--out", "out")
+    assert first.returncode == 0, first.stderr
+    out = tmp_path / "out"
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = cli("-p", "a green triangle on a white background", "--out", "out")
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        "nbdist generate: error: --out 'out' already holds a run (2 PNG(s), index.html and manifest.jsonl): "
+        "add --overwrite to replace it, or choose another folder"
+    ], again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before  # untouched
+    replaced = cli("-p", "a green triangle on a white background", "-o", "out", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "00000-a-green-triangle-on-a-white-background.png",
+        "index.html",
+        "manifest.jsonl",
+        "notes.txt",
+    ]
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 1
+    local = cli("-p", "a red circle", "--out", "elsewhere", "--model", "./demo")  # the folder, by its path
+    assert local.returncode == 2 and "'./demo'" in local.stderr, local.stderr
+
+
+def test_cli_under_torchrun_refuses_a_folder_holding_a_run(prompts_file, tmp_path) -> None:
+    """Rank 0 decides for every rank, before any of them writes: one line, nothing written, all ranks exit."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text('{"index": 0}\n')
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", *generate_args("demo", prompts_file, out, 0)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert proc.returncode != 0
+    refusals = [line for line in proc.stderr.splitlines() if "already holds a run" in line]
+    assert refusals == [f"nbdist generate: error: --out {str(out)!r} already holds a run (manifest.jsonl): "
+                        "add --overwrite to replace it, or choose another folder"], proc.stderr  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl"]
 
 
 def test_launch_detection() -> None:
