@@ -249,8 +249,8 @@ def _run_quickstart(page, lab: str) -> None:
     gallery.wait_for(timeout=90_000)
     shown = time.monotonic()
     tiles = gallery.locator(".nbdist-tile")
-    total = tiles.count()
-    assert total == 12
+    total = 12
+    expect(tiles).to_have_count(total, timeout=120_000)  # the header may show first, while the kernel loads
     # Prompt order from the start: tile k is image k, "queued" until it has an image.
     indices = [int(i) for i in tiles.evaluate_all("ts => ts.map(t => t.dataset.index)")]
     assert indices == list(range(total))
