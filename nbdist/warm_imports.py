@@ -73,8 +73,12 @@ def start() -> bool:
         return True
 
 
+START_DELAY = 0.1  # seconds: the %load_ext cell ends first (its reply and idle status need the GIL the imports hold)
+
+
 def _background() -> None:
     global _error, _done, _seconds
+    time.sleep(START_DELAY)
     began = time.monotonic()
     try:
         _import_all()
