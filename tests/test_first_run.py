@@ -48,9 +48,9 @@ class _FirstDisplay:
     def __call__(self, rec: Received) -> None:
         if self.message is None and rec.msg_type not in ("status", "execute_input"):
             self.message = rec
-        if self.header_wall is None and rec.msg_type in ("comm_open", "comm_msg"):
-            if rec.content.get("data", {}).get("state", {}).get("header"):
-                self.header_wall = time.time()
+        header = rec.content.get("data", {}).get("state", {}).get("header")
+        if self.header_wall is None and rec.msg_type in ("comm_open", "comm_msg") and header:
+            self.header_wall = time.time()
 
 
 def test_first_cell_shows_its_phases_before_the_workers_start_and_counts_the_wait(tmp_path: Path) -> None:
