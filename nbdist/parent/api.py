@@ -60,7 +60,7 @@ def generate(
         plan = plan_run(model_or_pipe, prompts, opts)
         warm_imports.wait(import_here=False)  # no fork while the background import holds import locks
     plan.info = replace(plan.info, started=started)
-    for line in [*plan.notes, truncation_warning(plan.pipe, prompts)]:
+    for line in [*plan.notes, truncation_warning(plan.pipe, prompts, plan.options.prompt_syntax)]:
         if line:
             print(line, file=sys.stderr)
     pool = the_pool()

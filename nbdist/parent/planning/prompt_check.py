@@ -23,11 +23,11 @@ def truncation_warning(pipe: Any, prompts: Sequence[str], syntax: str = "plain")
     """One line naming the prompts longer than the tokenizer's limit, or None if all fit.
 
     With ``--prompt-syntax weighted`` (the default) CLIP families (SD1.x, SDXL) take long prompts whole
-    (compel, in chunks): nothing is cut, so there is nothing to warn about.
+    (compel, in chunks): nothing is cut, so there is nothing to warn about (unless compel is missing).
     """
-    from ...prompt_syntax import family
+    from ...prompt_syntax import compel_installed, family
 
-    if syntax == "weighted" and family(pipe) is not None:
+    if syntax == "weighted" and family(pipe) is not None and compel_installed():
         return None
     tokenizer = getattr(pipe, "tokenizer", None)
     limit = getattr(tokenizer, "model_max_length", None)
