@@ -57,8 +57,9 @@ def load_ipython_extension(ipython: Any) -> None:
     """
     from .notebook.magic import DistgenMagics
     from .notebook.quiet import install_filters
-    from .warm_imports import start
+    from .warm_imports import settle, start
 
     install_filters()
     ipython.register_magics(DistgenMagics)
-    start()
+    if start():
+        ipython.events.register("pre_run_cell", settle)  # no cell races the background import

@@ -13,8 +13,9 @@ Safety, in the order it matters:
   itself was imported, before this thread can start.
 - No fork while this thread imports (a child forked while another thread holds an import lock can
   deadlock on it): ``generate`` calls ``wait`` before the pool forks anything.
-- One import of each module: Python's per-module import locks make a concurrent ``import torch`` in the
-  cell wait for this thread's, and ``wait`` joins the thread before nbdist imports anything heavy.
+- No cell runs while this thread imports: ``settle`` is a ``pre_run_cell`` hook (two threads importing
+  the same packages at once can fail: see ``settle``), and ``wait`` joins the thread before nbdist
+  imports anything heavy.
 - A failure is not lost: ``wait`` raises it in the cell that needs the modules (once; a later call
   imports again in the foreground, where the error, if it persists, comes as a normal traceback).
 
@@ -31,7 +32,7 @@ import time
 
 from . import phases
 
-__all__ = ["STEPS", "enabled", "start", "wait"]
+__all__ = ["STEPS", "enabled", "settle", "start", "wait"]
 
 # (module, attribute): the attribute makes a lazy package (diffusers, transformers) import the
 # submodule that defines it. The loader and the components of the SD-style pipelines most runs use,
@@ -94,6 +95,24 @@ def _import_all() -> None:
         loaded = importlib.import_module(module)
         if attribute is not None:
             getattr(loaded, attribute)
+
+
+def settle(info: object = None) -> None:
+    """Return once the background import is over (an IPython ``pre_run_cell`` hook; errors stay for ``wait``).
+
+    Every cell waits for it before running: a cell that imports torch, diffusers or transformers itself
+    while this thread does would race it, and lazy packages (transformers' ``_LazyModule``) and import
+    locks taken in opposite orders by the two threads then fail ("cannot import name 'AutoModel' from
+    'transformers'", "partially initialized module"). The wait costs nothing once the thread is done,
+    and a cell run at once after ``%load_ext`` waits no longer than importing would have taken it. A
+    ``%%distgen`` cell does not wait here: the magic shows its header at once and waits itself (``wait``)
+    before it imports anything heavy.
+    """
+    if str(getattr(info, "raw_cell", "") or "").lstrip().startswith(("%%distgen", "%distgen")):
+        return
+    thread = _thread
+    while thread is not None and thread.is_alive():
+        thread.join(0.1)
 
 
 def wait(import_here: bool = True) -> None:

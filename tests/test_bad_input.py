@@ -144,9 +144,12 @@ def test_nasty_prompts_are_safe(shared_kernel: Kernel, tiny_model: str, tmp_path
 
 
 def test_long_prompt_warns_once(shared_kernel: Kernel, tiny_model: str) -> None:
+    """With ``--prompt-syntax plain`` long prompts are cut by the tokenizer: said once. (The default, weighted,
+    takes them whole in chunks: tests/test_prompt_weights.py.)"""
     long_prompt = "a very detailed painting of a lighthouse on a cliff at dusk, " * 3  # > 77 tokens
     ex = shared_kernel.execute(
-        f"%%distgen --model {tiny_model} -n 1 --steps 1 --seed 0 -o res\n{long_prompt}\nshort one\n{long_prompt}"
+        f"%%distgen --model {tiny_model} -n 1 --steps 1 --seed 0 --prompt-syntax plain -o res\n"
+        f"{long_prompt}\nshort one\n{long_prompt}"
     )
     assert ex.error is None, ex.error
     lines = [line for line in ex.stream("stderr").splitlines() if line.strip() and "new workers" not in line]

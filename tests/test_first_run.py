@@ -190,3 +190,20 @@ def test_a_failed_background_import_is_raised_in_the_cell(tmp_path: Path, failin
         assert "broken on purpose" in ex.error["evalue"]
         assert "background thread" in "\n".join(ex.error["traceback"])
         assert not [h for _, h in _headers(ex) if h] or ex.of_type("comm_close")  # no header left "importing…"
+
+
+def test_a_cell_run_at_once_after_load_ext_does_not_race_the_background_import(tmp_path: Path) -> None:
+    """A cell importing transformers and diffusers itself, right after ``%load_ext``: two threads importing the
+    same lazy packages at once failed ("cannot import name 'AutoModel' from 'transformers'"); every cell now
+    starts only once the background import is over."""
+    with Kernel(cwd=str(tmp_path)) as k:
+        assert k.execute("%load_ext nbdist").error is None
+        ex = k.execute(
+            "import nbdist.warm_imports as w\n"
+            "print(w._thread is not None, w._thread.is_alive(), w._seconds is not None)\n"
+            "from transformers import AutoModel, CLIPTextModel\n"
+            "from diffusers import StableDiffusionPipeline, DiffusionPipeline\n"
+            "print('imported')"
+        )
+        assert ex.error is None, ex.error
+        assert ex.stream("stdout").split() == ["True", "False", "True", "imported"]
