@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh CPU-only machine with no model hub: install, then run the quickstart notebook
-# (the built-in tiny pipeline, two CPU workers) headless, writing notebooks/quickstart.html to look at.
+# (the shipped demo model, two CPU workers) headless, writing notebooks/quickstart.html to look at.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh notebook
