@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "SIZES",
@@ -82,20 +83,12 @@ def small_clip_text_encoder(vocab_size: int, hidden: int, layers: int, max_posit
     )
 
 
-def build_tiny_pipeline(size: str = "tiny", seed: int = 0):  # noqa: ANN201 - diffusers type
-    """Build a ``StableDiffusionPipeline`` of the given size with seeded random weights, on the CPU."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        DPMSolverMultistepScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+def _tiny_unet(spec: Any):  # noqa: ANN202 - diffusers type
+    """The size's SD-shaped UNet: cross-attention in every block but the last."""
+    from diffusers import UNet2DConditionModel
 
-    spec = SIZES[size]
-    torch.manual_seed(seed)
     n = len(spec.block_channels)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=spec.sample_size,
         in_channels=4,
         out_channels=4,
@@ -107,8 +100,14 @@ def build_tiny_pipeline(size: str = "tiny", seed: int = 0):  # noqa: ANN201 - di
         attention_head_dim=8,
         norm_num_groups=16,
     )
+
+
+def _tiny_vae(spec: Any):  # noqa: ANN202 - diffusers type
+    """The size's KL autoencoder, its image side the UNet's sample size times its scale factor."""
+    from diffusers import AutoencoderKL
+
     m = len(spec.vae_channels)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         block_out_channels=spec.vae_channels,
@@ -118,6 +117,17 @@ def build_tiny_pipeline(size: str = "tiny", seed: int = 0):  # noqa: ANN201 - di
         norm_num_groups=16,
         sample_size=spec.sample_size * 2 ** (m - 1),
     )
+
+
+def build_tiny_pipeline(size: str = "tiny", seed: int = 0):  # noqa: ANN201 - diffusers type
+    """Build a ``StableDiffusionPipeline`` of the given size with seeded random weights, on the CPU."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    spec = SIZES[size]
+    torch.manual_seed(seed)
+    unet = _tiny_unet(spec)  # drawn in this order from the seed: UNet, VAE, text encoder
+    vae = _tiny_vae(spec)
     tokenizer = _tokenizer()
     text_encoder = small_clip_text_encoder(len(tokenizer), spec.cross_attention_dim, spec.text_layers)
     scheduler = DPMSolverMultistepScheduler(

@@ -142,14 +142,18 @@ class DistgenMagics(Magics):
             if args.out:
                 ns[args.out] = result
             return None
+        return self._finish(result, args.out, ns)
+
+    def _finish(self, result: Any, out: str | None, ns: dict[str, Any]) -> Any:
+        """A blocking run's end: the workers' own load refusal, placement, ``-o NAME``, a few end lines."""
         refusal = setup_refusal(result)
         if refusal is not None:  # the workers' own load failed (--device-map): the line a kernel load shows
             raise UsageError(refusal)
         if result.device_map:
             print(f"hf_device_map: {result.device_map}")  # where --device-map balanced put each component
-        if args.out:
-            ns[args.out] = result
-        for text in end_lines(result, args.out):  # interrupted / per-worker errors: a few lines, no tracebacks
+        if out:
+            ns[out] = result
+        for text in end_lines(result, out):  # interrupted / per-worker errors: a few lines, no tracebacks
             if not text.startswith("interrupted:") or _has_widget_front_end(self.shell):
                 print(text, file=sys.stderr)  # terminal IPython: Out[n] (the result's repr) already says it
         return result
