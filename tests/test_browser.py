@@ -10,6 +10,7 @@ compressed, to docs/gallery.png (the README's picture).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -23,6 +24,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -216,24 +218,31 @@ def _run_all(page) -> float:
     return time.monotonic()
 
 
-def test_gallery_in_jupyterlab(lab: str) -> None:
+@contextlib.contextmanager
+def _browser_page(failure: str, **page_options: Any) -> Iterator[Any]:
+    """A Chromium page; if the body fails, a screenshot ``artifacts/FAILURE.png`` and the last console lines."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 1000}, **page_options)
             console: list[str] = []
             page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
             try:
-                _run_quickstart(page, lab)
+                yield page
             except Exception:
-                page.screenshot(path=str(ARTIFACTS / "failure.png"))
+                page.screenshot(path=str(ARTIFACTS / f"{failure}.png"))
                 print("\n".join(console[-40:]))
                 raise
         finally:
             browser.close()
+
+
+def test_gallery_in_jupyterlab(lab: str) -> None:
+    with _browser_page("failure", accept_downloads=True) as page:
+        _run_quickstart(page, lab)
 
 
 def _run_quickstart(page, lab: str) -> None:
@@ -416,26 +425,14 @@ def test_run_all_at_once_never_leaves_the_cell_silent(lab: str) -> None:
     instead (nothing runs; the person runs all again). Either way the cell must show the run's progress
     while it runs: the live gallery, or the text progress that display updates carry.
     """
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with _browser_page("failure-run-all-at-once") as page:
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            console: list[str] = []
-            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-            try:
-                _run_all_at_once(page, lab)
-            except Exception:
-                page.screenshot(path=str(ARTIFACTS / "failure-run-all-at-once.png"))
-                print("status bar:", page.locator(".jp-StatusBar-TextItem").all_inner_texts())
-                outputs = _distgen_cell(page).locator(".jp-OutputArea")
-                print("outputs:", re.sub(r"<style>.*?</style>|<svg.*?</svg>", "", outputs.inner_html())[:3000])
-                print("\n".join(console[-40:]))
-                raise
-        finally:
-            browser.close()
+            _run_all_at_once(page, lab)
+        except Exception:
+            print("status bar:", page.locator(".jp-StatusBar-TextItem").all_inner_texts())
+            outputs = _distgen_cell(page).locator(".jp-OutputArea")
+            print("outputs:", re.sub(r"<style>.*?</style>|<svg.*?</svg>", "", outputs.inner_html())[:3000])
+            raise
 
 
 def _run_all_at_once(page, lab: str) -> None:
@@ -503,7 +500,6 @@ def test_background_runs_stop_and_the_saved_notebook(lab: str, tmp_path: Path) -
     with its images so far, then what it made before the Stop), and the stopped run's tiles and worker
     lines say so in the live gallery and in the copy.
     """
-    from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
     path = tmp_path / "notebooks" / "background.ipynb"
@@ -520,20 +516,8 @@ def test_background_runs_stop_and_the_saved_notebook(lab: str, tmp_path: Path) -
             )
         )
     )
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            console: list[str] = []
-            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-            try:
-                _background_runs(page, lab.replace("quickstart.ipynb", "background.ipynb"), path)
-            except Exception:
-                page.screenshot(path=str(ARTIFACTS / "failure-background.png"))
-                print("\n".join(console[-40:]))
-                raise
-        finally:
-            browser.close()
+    with _browser_page("failure-background") as page:
+        _background_runs(page, lab.replace("quickstart.ipynb", "background.ipynb"), path)
 
 
 def _saved_static(path: Path, cell: int) -> str:
