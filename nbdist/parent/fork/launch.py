@@ -33,11 +33,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from ...worker.lifecycle import detached
+from ..pool.exits import WorkerExit
 
 __all__ = [
     "STOP_SCHEDULE",
@@ -59,31 +59,6 @@ STOP_SCHEDULE: tuple[tuple[signal.Signals, float], ...] = (
     (signal.SIGTERM, 0.5),
     (signal.SIGKILL, 0.5),
 )
-
-
-@dataclass(frozen=True)
-class WorkerExit:
-    """A worker process that ended with a non-zero status before the run was over."""
-
-    rank: int
-    pid: int
-    exitcode: int | None  # negative: killed by that signal (multiprocessing's convention)
-
-    def describe(self) -> str:
-        """``killed by SIGKILL (out of memory?)`` or ``exited with status 3``."""
-        code = self.exitcode
-        if code is None:
-            return "vanished"
-        if code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            hint = " (out of memory, or killed by hand?)" if -code == signal.SIGKILL else ""
-            return f"killed by {name}{hint}"
-        if code > 128 and code - 128 in {s.value for s in signal.Signals}:
-            return f"stopped by {signal.Signals(code - 128).name}"
-        return f"exited with status {code}"
 
 
 def free_port() -> int:

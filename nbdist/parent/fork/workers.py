@@ -12,15 +12,17 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import queue as queue_module
 import shutil
 import tempfile
 import time
 from typing import Any
 
-from ...messages import Command, WorkerStarted
+from ...messages import Command, Message, RunCommand, WorkerStarted
 from ...options import GenerateOptions
 from ...spec import PoolSpec
-from .launch import WorkerExit, deaths, loopback_store, muted_stdout, start_launcher, stop_workers, workers_since
+from ..pool.exits import WorkerExit
+from .launch import deaths, loopback_store, muted_stdout, start_launcher, stop_workers, workers_since
 
 __all__ = ["WorkerGroup"]
 
@@ -111,6 +113,28 @@ class WorkerGroup:
     @property
     def pids(self) -> list[int]:
         return [self.ready[r].pid for r in sorted(self.ready)]
+
+    @property
+    def ranks(self) -> set[int]:
+        return set(range(self.num_processes))
+
+    @property
+    def log_dir(self) -> str:
+        return self.spec.log_dir
+
+    def run(self, command: RunCommand) -> None:
+        """Every worker gets the whole run and takes its share (static) or pulls from the shared counter (dynamic)."""
+        self.reset_pull()
+        self.send(command)
+
+    def receive(self, timeout: float) -> Message | None:
+        """The next message on the workers' queue; None when there is none yet or the queue's pipe broke."""
+        try:
+            return self.spec.queue.get(timeout=timeout)  # type: ignore[no-any-return]
+        except queue_module.Empty:
+            return None
+        except (EOFError, OSError, ValueError):  # the queue's pipe broke: the group is going
+            return None
 
     def send(self, command: Command) -> None:
         """The same command to every worker's inbox."""

@@ -11,17 +11,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ...messages import Message, RunFinished, RunStarted, WorkerFinished, WorkerStarted
-from ..fork.launch import WorkerExit
 from ..output.saving import DiskWriter
 from ..planning.plan import Plan
 from ..results.collector import Fanout, ResultBuilder
 from ..results.observer import RunObserver
 from ..results.result import GenerationResult, ImageRecord, RecordSequence, WorkerFailure
 from .answer_time import AnswerTimes
+from .exits import WorkerExit
 
 __all__ = ["Run", "RunHandle"]
 
@@ -45,6 +46,7 @@ class Run:
         self._log_offsets: dict[int, int] = {}
         self._log_dir = ""
         self._hellos: dict[int, WorkerStarted] = {}
+        self._ranks: set[int] = set(range(plan.num_processes))
         self.answers = AnswerTimes()  # what the workers are doing: how long a cancel may take
 
     def announce(self) -> None:
@@ -56,20 +58,21 @@ class Run:
         self.waited = True
         self.fanout.queued(ahead)
 
-    def begin(self, hellos: dict[int, WorkerStarted], log_dir: str) -> None:
-        """The pool dispatched the run to its workers."""
+    def begin(self, hellos: dict[int, WorkerStarted], ranks: set[int], log_dir: str) -> None:
+        """The pool dispatched the run to the workers ``ranks`` (``hellos`` fills as they get ready)."""
         self.started_at = time.monotonic()
         self.answers = AnswerTimes(self.started_at)
         self._hellos = hellos
+        self._ranks = set(ranks)
         self._log_dir = log_dir
-        self._log_offsets = {rank: _size(self._log_path(rank)) for rank in range(self.plan.num_processes)}
+        self._log_offsets = {rank: _size(self._log_path(rank)) for rank in self._ranks}
 
     def on_message(self, msg: Message) -> None:
         """A message from the workers while this run is theirs."""
         self.answers.on_message(msg)
         if isinstance(msg, RunStarted):
             hello = self._hellos[msg.rank]
-            msg = WorkerStarted(msg.rank, hello.device, hello.pid, msg.num_jobs, hello.threads, hello.device_map)
+            msg = replace(hello, num_jobs=msg.num_jobs)
         elif isinstance(msg, RunFinished):
             self.finished_ranks.add(msg.rank)
             msg = WorkerFinished(msg.rank, msg.error, msg.traceback)
@@ -77,13 +80,13 @@ class Run:
 
     def answer_deadline(self, grace: float) -> float:
         """When a cancelled run's workers that have not answered should have (``answer_time.py``)."""
-        busy = set(range(self.plan.num_processes)) - self.finished_ranks
+        busy = self._ranks - self.finished_ranks
         return self.answers.deadline(self.cancel_requested_at or time.monotonic(), grace, busy)
 
     @property
     def complete(self) -> bool:
-        """Every worker has said it is done with this run."""
-        return len(self.finished_ranks) == self.plan.num_processes
+        """Every worker the run was handed to has said it is done with it (a cluster may have lost some before)."""
+        return self.finished_ranks >= self._ranks
 
     def finish(
         self, *, died: Sequence[WorkerExit] = (), error: BaseException | None = None, note: str | None = None

@@ -1,6 +1,7 @@
 """The warm pool: workers that stay up across cells and take runs one after another.
 
-The first run forks the workers (``WorkerGroup``: ``notebook_launcher``); they place the pipeline on
+The first run starts the workers (a ``WorkerBackend``: forked by ``notebook_launcher``, or Ray actors
+with ``--cluster``); they place the pipeline on
 their device once and then serve runs from their inboxes. Later runs with the same ``PoolKey`` (model,
 pipeline object, dtype, device, ``-n``) reuse them: no fork, no placement, no rendezvous. A run with
 another key, or a ``--pipe`` object changed since the fork (``fingerprint.py``), gets a new group.
@@ -24,16 +25,15 @@ import atexit
 import collections
 import contextlib
 import os
-import queue as queue_module
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from ...messages import Message, RunCommand, RunFinished, RunStarted, WorkerFinished, WorkerStarted
-from ..fork.workers import WorkerGroup
 from ..planning.fingerprint import fingerprint, what_changed
 from ..planning.plan import Plan, PoolKey, dispatch_order
+from .backend import WorkerBackend, start_backend
 from .run import Run, RunHandle
 
 __all__ = ["STOP_GRACE", "PoolStatus", "WorkerPool", "idle_timeout_default"]
@@ -84,7 +84,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._pending: collections.deque[Run] = collections.deque()
         self._current: Run | None = None
-        self._group: WorkerGroup | None = None
+        self._group: WorkerBackend | None = None
         self._group_key: PoolKey | None = None
         self._group_print: dict[str, Any] = {}
         self._last_key: PoolKey | None = None  # the key of the last run submitted (what the pool will hold)
@@ -193,12 +193,7 @@ class WorkerPool:
             self._wake.wait(0.25)
             self._wake.clear()
             return None
-        try:
-            return group.spec.queue.get(timeout=0.05)
-        except queue_module.Empty:
-            return None
-        except (EOFError, OSError, ValueError):  # the queue's pipe broke: the group is going
-            return None
+        return group.receive(0.05)
 
     def _dispatch_next(self) -> None:
         """Send the next queued run to the workers (starting or replacing them if needed)."""
@@ -218,24 +213,12 @@ class WorkerPool:
         if self._group is None:
             self._start_group(run.plan)
         assert self._group is not None
-        self._group.reset_pull()
-        run.begin(self._group.ready, self._group.spec.log_dir)
-        self._group.send(RunCommand(run.id, tuple(dispatch_order(run.plan)), run.plan.options, run.plan.call))
+        run.begin(self._group.ready, self._group.ranks, self._group.log_dir)
+        self._group.run(RunCommand(run.id, tuple(dispatch_order(run.plan)), run.plan.options, run.plan.call))
 
     def _start_group(self, plan: Plan) -> None:
-        group = WorkerGroup(
-            plan.pipe,
-            plan.name,
-            plan.device_type,
-            plan.dtype,
-            plan.num_processes,
-            plan.threads,
-            plan.options,
-            cuda_visible=plan.cuda_visible,
-        )
         self._group_print = fingerprint(plan.pipe) if plan.pipe is not None else {}
-        group.start()
-        self._group, self._group_key = group, plan.key
+        self._group, self._group_key = start_backend(plan), plan.key
 
     def _route(self, msg: Message) -> None:
         group, run = self._group, self._current
@@ -283,7 +266,7 @@ class WorkerPool:
                 if not self._pending:
                     self._stop_group()
 
-    def _abandon(self, group: WorkerGroup) -> None:
+    def _abandon(self, group: WorkerBackend) -> None:
         """The workers were killed but the launcher did not return: end the run anyway, never hang the cell.
 
         torch elastic waits for each worker's return value; a worker that exits without one (a status 0
@@ -294,13 +277,12 @@ class WorkerPool:
         self._group = self._group_key = None
         self._end_current(note="the workers were stopped")
 
-    def _drain(self, group: WorkerGroup) -> None:
+    def _drain(self, group: WorkerBackend) -> None:
         """Messages the workers sent before they went: the images they finished are kept."""
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            try:
-                msg = group.spec.queue.get(timeout=0.05)
-            except (queue_module.Empty, EOFError, OSError, ValueError):
+            msg = group.receive(0.05)
+            if msg is None:
                 return
             self._route(msg)
 
