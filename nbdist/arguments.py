@@ -45,6 +45,14 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
             "help": "workers (default: one per visible GPU; on CPU, up to 4 sharing the cores)",
         },
     ),
+    Argument(
+        ("--cluster",),
+        {
+            "metavar": "ADDRESS",
+            "help": "run on a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $NBDIST_CLUSTER, else this "
+            "machine); one actor per GPU of the cluster (on CPUs, -n actors), each loading the model itself",
+        },
+    ),
     Argument(("--device",), {"choices": DEVICES, "default": "auto", "help": "where workers run (default: GPU if any)"}),
     Argument(
         ("--device-map",),

@@ -35,6 +35,7 @@ class WorkerStarted:
     num_jobs: int
     threads: int
     device_map: dict[str, Any] | None = None  # hf_device_map of a --device-map run
+    node: str | None = None  # the Ray node id of a --cluster actor; None on one machine
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class GenerateOptions:
     quantize: str | None = None  # "nf4", "int8", "torchao-int8wo": the workers load the model quantized
     vae_tiling: bool = False  # the VAE decodes in tiles: big images need far less GPU memory
     overwrite: bool = False  # save_dir may hold an earlier run: replace its files (else that is refused)
+    cluster: str | None = None  # a Ray cluster's address (auto, HOST:PORT, ray://HOST:PORT): actors there, not forks
 
     def with_(self, **changes: object) -> GenerateOptions:
         """A copy with some fields changed (``dataclasses.replace`` under a shorter name)."""
@@ -98,6 +99,10 @@ class GenerateOptions:
 
                 refuse_previous_run(self.save_dir)
         validate_placement(self)
+        if self.cluster is not None:
+            from .cluster_address import check_cluster_options
+
+            check_cluster_options(self)
 
     def check_size(self, vae_scale_factor: int) -> None:
         """Height and width must be multiples of the pipeline's VAE scale factor (8 for SD)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from ... import warm_imports
 from ...call_settings import CallSettings, check_params, check_scheduler, resolve_call
+from ...cluster_address import cluster_from_env
 from ...jobs import ImageJob, make_jobs
 from ...loras import PROMPT_SYNTAXES, check_lora_fits, check_lora_sweep, is_lora_axis, lora_sources, parse_loras
 from ...options import GenerateOptions, NbdistUsageError
@@ -52,6 +53,7 @@ class PoolKey:
     offload: str | None = None
     quantize: str | None = None
     vae_tiling: bool = False
+    cluster: str | None = None  # the Ray cluster's address (--cluster): actors there instead of forked workers
 
     def difference(self, other: PoolKey) -> str:
         """What changed, for the one line that says why the workers are replaced."""
@@ -100,6 +102,7 @@ class Plan:
             offload=o.offload,
             quantize=o.quantize,
             vae_tiling=o.vae_tiling,
+            cluster=o.cluster,
         )
 
 
@@ -113,6 +116,7 @@ def make_options(options: GenerateOptions | None, overrides: dict[str, Any]) -> 
 
 def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOptions) -> Plan:
     """Check everything checkable before a process starts and number the jobs."""
+    options = options.with_(cluster=cluster_from_env(options.cluster))
     options.validate()
     if options.sweep:
         from ...sweep import parse_sweep
@@ -121,13 +125,17 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
     options = _check_loras(options)
     if not prompts:
         raise NbdistUsageError("no prompts: write one prompt per line in the cell")
-    if options.device != "cpu":
+    notes: list[str] = []
+    cluster = options.cluster is not None
+    if options.device != "cpu" and not cluster:
         warm_imports.wait(import_here=False)  # the probe forks and reads torch: not while the warm thread imports it
         check_fork_safe()
-    notes: list[str] = []
-    gpus = query_gpus() if options.device != "cpu" else GpuQuery()  # one nvidia-smi call per plan
+    gpus = query_gpus() if options.device != "cpu" and not cluster else GpuQuery()  # one nvidia-smi call per plan
     cuda_visible = None
-    if options.device_map is not None:
+    if cluster:
+        pipe, name, device_type, dtype, n = _plan_cluster(model_or_pipe, options, notes)
+        call = _check_call(pipe, name, options)
+    elif options.device_map is not None:
         pipe, name, device_type, dtype, n = _plan_device_map(model_or_pipe, options, gpus, notes)
         check_fit(model_or_pipe, options, device_type, dtype, n, gpus)  # before anything is loaded or forked
         call = resolve_call(None, name, options)  # the kernel loads nothing: class defaults stay unknown
@@ -146,7 +154,7 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
     jobs = make_jobs(list(prompts), options.images_per_prompt, seed, options.sweep)
     height, width = call.effective.get("height") or 512, call.effective.get("width") or 512
     info = RunInfo(jobs, options, name, seed, n, device_type, height, width, call)
-    threads = _threads_per_worker(device_type, n)
+    threads = 1 if cluster else _threads_per_worker(device_type, n)  # an actor asks Ray for one CPU
     return Plan(pipe, name, device_type, dtype, n, threads, options, jobs, info, call, notes, cuda_visible)
 
 
@@ -279,6 +287,35 @@ def _pipeline(model_or_pipe: Any, dtype: str, options: GenerateOptions) -> tuple
         raise NbdistUsageError(f"{type(model_or_pipe).__name__} is not a diffusers pipeline")
     name = getattr(getattr(model_or_pipe, "config", None), "_name_or_path", None) or type(model_or_pipe).__name__
     return model_or_pipe, str(name)
+
+
+def _plan_cluster(model_or_pipe: Any, options: GenerateOptions, notes: list[str]) -> tuple[Any, str, str, str, int]:
+    """``--cluster``: connect (a one-line error if the cluster cannot be reached), then size the actors from it.
+
+    A model id or folder is loaded by each actor on its own node, never in the kernel; a pipeline
+    object given in Python is shipped to the actors once through Ray's object store.
+    """
+    from ..ray.cluster import connect
+
+    facts = connect(str(options.cluster))
+    if options.device == "cuda" and not facts.gpus:
+        raise NbdistUsageError(f"--device cuda: the cluster at {options.cluster} has no GPU")
+    device_type = "cuda" if facts.gpus and options.device != "cpu" else "cpu"
+    slots, unit = (facts.gpus, "GPU") if device_type == "cuda" else (facts.cpus, "CPU")
+    n = options.num_processes or slots
+    if n > slots:
+        raise NbdistUsageError(f"-n {n}: the cluster at {options.cluster} has {slots} {unit}(s) in all, one actor each")
+    dtype, note = _dtype(model_or_pipe, options, device_type, GpuQuery())
+    notes += [note] if note else []
+    if not isinstance(model_or_pipe, str | os.PathLike):
+        pipe, name = _pipeline(model_or_pipe, dtype, options)
+        return pipe, name, device_type, dtype, n
+    from ...pipelines import looks_like_path
+
+    model = os.fspath(model_or_pipe)
+    if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
+        raise NbdistUsageError(f"model folder {model!r} does not exist (every node of the cluster must read it)")
+    return None, model, device_type, dtype, n
 
 
 def _plan_device_map(

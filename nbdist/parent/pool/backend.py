@@ -95,18 +95,24 @@ class WorkerBackend(Protocol):
 
 
 def start_backend(plan: Plan) -> WorkerBackend:
-    """The group ``plan`` needs, started: forked workers on this machine."""
-    from ..fork.workers import WorkerGroup
+    """The group ``plan`` needs, started: Ray actors for ``--cluster`` (only then is ``ray`` imported), else forks."""
+    group: WorkerBackend
+    if plan.options.cluster is not None:
+        from ..ray.actors import RayActorGroup
 
-    group: WorkerBackend = WorkerGroup(
-        plan.pipe,
-        plan.name,
-        plan.device_type,
-        plan.dtype,
-        plan.num_processes,
-        plan.threads,
-        plan.options,
-        cuda_visible=plan.cuda_visible,
-    )
+        group = RayActorGroup(plan)
+    else:
+        from ..fork.workers import WorkerGroup
+
+        group = WorkerGroup(
+            plan.pipe,
+            plan.name,
+            plan.device_type,
+            plan.dtype,
+            plan.num_processes,
+            plan.threads,
+            plan.options,
+            cuda_visible=plan.cuda_visible,
+        )
     group.start()
     return group

@@ -47,6 +47,7 @@ class ResultBuilder:
                 rank=msg.rank,
                 device=msg.device,
                 params=job.settings,
+                node=worker.node if (worker := self.workers.get(msg.rank)) is not None else None,
             )
             if isinstance(msg, ImageReady):
                 record.image = msg.to_pil()
@@ -59,7 +60,9 @@ class ResultBuilder:
                 record.error, record.traceback = msg.error, msg.traceback
             self.records[msg.index] = record
         elif isinstance(msg, WorkerStarted):
-            self.workers[msg.rank] = WorkerInfo(msg.rank, msg.device, msg.pid, msg.threads, msg.device_map)
+            self.workers[msg.rank] = WorkerInfo(
+                msg.rank, msg.device, msg.pid, msg.threads, msg.device_map, node=msg.node
+            )
         elif isinstance(msg, WorkerFinished):
             self.finished.add(msg.rank)
             if msg.error is not None:

@@ -31,6 +31,7 @@ class ImageRecord:
     note: str | None = None  # e.g. "blanked by the safety checker"
     params: dict[str, Any] = field(default_factory=dict)  # this image's sweep values, e.g. {"guidance": 4.0}
     thumbnail: bytes | None = field(default=None, repr=False)  # the worker's JPEG preview (static gallery)
+    node: str | None = None  # the Ray node that made it (--cluster); None on one machine
 
     @property
     def ok(self) -> bool:
@@ -56,6 +57,7 @@ class WorkerInfo:
     pid: int
     threads: int
     device_map: dict[str, Any] | None = None  # where --device-map balanced put each component
+    node: str | None = None  # the Ray node id of a --cluster actor; None on one machine
 
 
 class RecordSequence(Sequence[ImageRecord]):

@@ -1,0 +1,300 @@
+"""The warm workers of a Ray cluster: one actor per GPU (or CPU slot), spread over the nodes.
+
+The same ``WorkerBackend`` as the forked group (``parent/pool/backend.py``); what differs is inside:
+
+- a placement group reserves one bundle per actor, ``SPREAD`` over the nodes, and each actor loads
+  and places the pipeline itself (``worker/actor.py``); its hello carries its Ray node id;
+- jobs are handed out here, not split up front: each actor has at most ``IN_FLIGHT`` batches queued
+  (the next is already there when one ends, hiding the network's latency), the rest wait in the
+  kernel in dispatch order (costliest first) and go to whichever actor frees up first;
+- every batch is a Ray streaming generator; ``receive`` waits on all of them at once and returns the
+  messages as the actors yield them, so images reach the gallery as each is decoded;
+- a cancel is a call in the actors' ``control`` group, read after every denoising step;
+- an actor whose node is lost (or that dies) costs only what it had not finished: those jobs go back
+  to the front of the queue for the others, its ``RunFinished`` names the node, and later runs use
+  the actors that remain. With none left, the jobs not made are the run's ``missing``.
+
+Per run, every actor answers ``RunStarted`` at once and ``RunFinished`` only when the whole run's work
+is done, since a lost actor's jobs may still come back to it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ...jobs import ImageJob
+from ...messages import (
+    ImageFailed,
+    ImageReady,
+    Message,
+    RunCommand,
+    RunFinished,
+    RunStarted,
+    WorkerFinished,
+    WorkerStarted,
+)
+from ...spec import WorkerSetup
+from ...worker.actor import CONTROL, WORK, GenerationActor
+from ..pool.exits import WorkerExit
+from .cluster import first_line
+
+if TYPE_CHECKING:
+    from ..planning.plan import Plan
+
+__all__ = ["IN_FLIGHT", "RayActorGroup"]
+
+IN_FLIGHT = 2  # batches handed to one actor at a time: one being made, one waiting on its node
+
+
+@dataclass
+class _Call:
+    """One batch handed to one actor, and which of its images have come back."""
+
+    rank: int
+    jobs: list[ImageJob]
+    stream: Any  # ray.ObjectRefGenerator
+    done: set[int] = field(default_factory=set)
+
+    def unfinished(self) -> list[ImageJob]:
+        return [job for job in self.jobs if job.index not in self.done]
+
+
+class RayActorGroup:
+    """``plan.num_processes`` actors on the cluster ``plan.options.cluster`` is connected to."""
+
+    def __init__(self, plan: Plan) -> None:
+        self._plan = plan
+        self.ready: dict[int, WorkerStarted] = {}
+        self._actors: dict[int, Any] = {}
+        self._hellos: list[tuple[Any, int]] = []  # (ObjectRef of ``ready()``, rank) not answered yet
+        self._calls: dict[int, list[_Call]] = {}
+        self._streams: dict[int, _Call] = {}  # id(stream) -> its call
+        self._pending: collections.deque[list[ImageJob]] = collections.deque()
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._command: RunCommand | None = None
+        self._settings: Any = None  # ObjectRef of (options, call): put once per run, not once per batch
+        self._cancelled = False
+        self._closed = False
+        self._placement: Any = None
+        self._log_dir = tempfile.mkdtemp(prefix="nbdist-ray-logs-")  # stays empty: the logs are on the nodes
+
+    # -- starting --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Reserve the bundles and start the actors; each answers its ``ready`` call when its pipeline is placed."""
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        plan = self._plan
+        gpu = plan.device_type == "cuda"
+        bundle = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
+        self._placement = placement_group([bundle] * plan.num_processes, strategy="SPREAD")
+        setup = WorkerSetup(plan.device_type, plan.dtype, plan.threads, "", None, plan.options, model=plan.name)
+        pipeline = ray.put(plan.pipe) if plan.pipe is not None else None  # shipped once, to every node that needs it
+        actor_class = ray.remote(concurrency_groups={WORK: 1, CONTROL: 1})(GenerationActor)
+        for rank in range(plan.num_processes):
+            actor = actor_class.options(
+                num_cpus=1,
+                num_gpus=1 if gpu else 0,
+                max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self._placement, placement_group_bundle_index=rank
+                ),
+            ).remote(setup, rank, pipeline)
+            self._actors[rank] = actor
+            self._calls[rank] = []
+            self._hellos.append((actor.ready.remote(), rank))
+
+    def hello(self, msg: WorkerStarted) -> None:
+        self.ready[msg.rank] = msg
+
+    # -- what the pool asks ------------------------------------------------------------------------
+
+    @property
+    def ranks(self) -> set[int]:
+        return set(self._actors)
+
+    @property
+    def log_dir(self) -> str:
+        return self._log_dir
+
+    @property
+    def all_ready(self) -> bool:
+        return bool(self._actors) and all(rank in self.ready for rank in self._actors)
+
+    @property
+    def alive(self) -> bool:
+        """Not stopped, and some actor is left (or its last words are still to be read)."""
+        return not self._closed and (bool(self._actors) or bool(self._inbox))
+
+    def healthy(self) -> bool:
+        return not self._closed and bool(self._actors)
+
+    @property
+    def pids(self) -> list[int]:
+        return [self.ready[r].pid for r in sorted(self.ready)]
+
+    def deaths(self) -> list[WorkerExit]:
+        return []  # a lost actor is said in its RunFinished, where the run's records see it
+
+    def launcher_error(self) -> BaseException | None:
+        return None
+
+    # -- a run -------------------------------------------------------------------------------------
+
+    def run(self, command: RunCommand) -> None:
+        """Queue the run's batches in dispatch order and give every actor its first ``IN_FLIGHT``."""
+        import ray
+
+        size = command.options.batch_size
+        jobs = list(command.jobs)
+        self._command, self._cancelled = command, False
+        self._settings = ray.put((command.options, command.call))
+        self._pending = collections.deque(jobs[i : i + size] for i in range(0, len(jobs), size))
+        self._inbox.extend(RunStarted(rank, command.run, -1) for rank in sorted(self._actors))
+        self._fill_all()
+        self._settle()
+
+    def cancel(self, run: int) -> None:
+        """Drop the batches not handed out yet; the actors end theirs within one denoising step."""
+        if self._command is None or run < self._command.run:
+            return
+        self._cancelled = True
+        self._pending.clear()
+        for actor in self._actors.values():
+            with contextlib.suppress(Exception):
+                actor.cancel.options(concurrency_group=CONTROL).remote(run)
+
+    def receive(self, timeout: float) -> Message | None:
+        """The next message: one already waiting here, else the first any actor yields within ``timeout`` s."""
+        import ray
+
+        if self._inbox:
+            return self._inbox.popleft()
+        waiting = [ref for ref, _ in self._hellos] + [call.stream for call in self._streams.values()]
+        if not waiting:
+            return None
+        done, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
+        if not done:
+            return None
+        if isinstance(done[0], ray.ObjectRef):
+            return self._on_hello(done[0])
+        message = self._on_stream(self._streams[id(done[0])])
+        return message if message is not None else (self._inbox.popleft() if self._inbox else None)
+
+    def _on_hello(self, ref: Any) -> Message:
+        import ray
+
+        rank = next(r for x, r in self._hellos if x == ref)
+        self._hellos = [(x, r) for x, r in self._hellos if r != rank]
+        try:
+            hello: WorkerStarted = ray.get(ref)
+        except Exception as exc:  # it could not get ready: the pool ends the group, as for a forked worker
+            return WorkerFinished(rank, error=first_line(exc), traceback=str(exc))
+        return hello
+
+    def _on_stream(self, call: _Call) -> Message | None:
+        """The next message of a batch; its end hands the actor more; an error means the actor is gone."""
+        import ray
+
+        try:
+            message: Message = ray.get(next(call.stream))
+        except StopIteration:
+            self._end_call(call)
+            return None
+        except Exception as exc:
+            self._lose(call.rank, exc)
+            return None
+        if isinstance(message, ImageReady | ImageFailed):
+            call.done.add(message.index)
+        return message
+
+    def _end_call(self, call: _Call) -> None:
+        self._streams.pop(id(call.stream), None)
+        self._calls[call.rank].remove(call)
+        self._fill(call.rank)
+        self._settle()
+
+    def _fill_all(self) -> None:
+        """Round robin, so the first (costliest) batches go to different actors."""
+        for _ in range(IN_FLIGHT):
+            for rank in sorted(self._actors):
+                self._fill(rank, limit=1)
+
+    def _fill(self, rank: int, limit: int = IN_FLIGHT) -> None:
+        assert self._command is not None
+        calls = self._calls[rank]
+        while self._pending and len(calls) < IN_FLIGHT and limit > 0:
+            jobs = self._pending.popleft()
+            make = self._actors[rank].make.options(num_returns="streaming", concurrency_group=WORK)
+            call = _Call(rank, jobs, make.remote(self._command.run, jobs, self._settings))
+            calls.append(call)
+            self._streams[id(call.stream)] = call
+            limit -= 1
+
+    def _settle(self) -> None:
+        """Once no batch is out (and none can be handed out), every actor left says it is done with the run."""
+        if self._command is None or self._streams or (self._pending and self._actors):
+            return
+        run, cancelled = self._command.run, self._cancelled
+        self._inbox.extend(RunFinished(rank, run, cancelled=cancelled) for rank in sorted(self._actors))
+        self._command = None
+
+    def _lose(self, rank: int, exc: BaseException) -> None:
+        """An actor is gone (its node was lost, or it died): its unfinished jobs go to the others."""
+        calls = self._calls.pop(rank, [])
+        for call in calls:
+            self._streams.pop(id(call.stream), None)
+        for rest in [call.unfinished() for call in reversed(calls)]:
+            if rest:
+                self._pending.appendleft(rest)
+        actor = self._actors.pop(rank, None)
+        hello = self.ready.pop(rank, None)
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.kill(actor)
+        unfinished = sum(len(call.unfinished()) for call in calls)
+        node = hello.node if hello is not None and hello.node else "?"
+        where = "the other workers" if self._actors else "no worker: none is left"
+        error = f"node {node[:8]} lost (worker {rank}): {unfinished} unfinished image(s) go to {where}"
+        if self._command is not None:
+            self._inbox.append(RunFinished(rank, self._command.run, error=error, traceback=first_line(exc)))
+        if not self._cancelled:
+            for other in sorted(self._actors):
+                self._fill(other)
+        self._settle()
+
+    # -- stopping ------------------------------------------------------------------------------------
+
+    def stop(self, grace: float = 5.0) -> list[int]:
+        """Actors hold nothing to flush: stopping is ending them and giving their bundles back."""
+        self.kill()
+        self.close()
+        return []
+
+    def kill(self) -> list[int]:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for actor in self._actors.values():
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+        if self._placement is not None:
+            with contextlib.suppress(Exception):
+                remove_placement_group(self._placement)
+        self._actors.clear()
+        self._streams.clear()
+        self._closed = True
+        return []
+
+    def close(self) -> None:
+        if not self._closed:
+            self.kill()
+        shutil.rmtree(self._log_dir, ignore_errors=True)

@@ -1,0 +1,63 @@
+"""Connect the kernel to a Ray cluster (``--cluster``) and say what it offers, before anything starts there.
+
+A cluster that cannot be reached is one ``NbdistUsageError`` line: for ``HOST:PORT`` a plain TCP
+connect with a short timeout first, because Ray's own client keeps retrying for a long while before it
+gives up. The kernel joins the cluster as a Ray driver once (``ray.init``) and stays joined: the warm
+actors belong to this driver and end with it. nbdist never starts a cluster itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from ...cluster_address import host_port
+from ...errors import NbdistUsageError
+
+__all__ = ["ClusterFacts", "connect", "first_line"]
+
+REACH_TIMEOUT = 5.0  # seconds a TCP connect to the cluster's address may take
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What the cluster has in all: actors are one per GPU, or one per CPU on a cluster without GPUs."""
+
+    address: str
+    gpus: int
+    cpus: int
+    nodes: int
+
+
+def connect(address: str) -> ClusterFacts:
+    """Join the cluster at ``address`` (once per kernel) and count its GPUs, CPUs and nodes."""
+    target = host_port(address)
+    if target is not None:
+        _reachable(address, *target)
+    try:
+        import ray
+    except ImportError as exc:
+        raise NbdistUsageError("--cluster needs Ray: pip install 'nbdist[ray]'") from exc
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, namespace="nbdist", log_to_driver=False, logging_level=logging.ERROR)
+        except Exception as exc:  # ConnectionError, RuntimeError, ...: Ray's wording varies by form and version
+            raise NbdistUsageError(f"--cluster {address}: no Ray cluster there ({first_line(exc)})") from None
+    resources = ray.cluster_resources()
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return ClusterFacts(address, int(resources.get("GPU", 0)), int(resources.get("CPU", 0)), nodes)
+
+
+def _reachable(address: str, host: str, port: int) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=REACH_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise NbdistUsageError(f"--cluster {address}: cannot reach {host}:{port} ({exc.strerror or exc})") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error: Ray's exceptions carry pages of remote traceback after it."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

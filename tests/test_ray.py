@@ -1,0 +1,168 @@
+"""``--cluster``: the same runs on Ray actors of a 3-node ``ray.cluster_utils.Cluster`` started here.
+
+The cluster (one CPU per node, no dashboard) starts once for the module. Ray advertises the machine's
+network address even when told 127.0.0.1, so these tests run only inside a network namespace with
+nothing but loopback (``scripts/test.sh`` runs them so: ``unshare -n``); elsewhere they are skipped,
+and ``NBDIST_SKIP_RAY=1`` makes that script leave them out.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_generate import max_diff, reference
+
+import nbdist
+from nbdist.options import NbdistUsageError
+
+PROMPTS = ["a dog", "a cat", "a lighthouse", "a bowl of ramen", "a red bicycle", "a snowy mountain"]
+STEPS = 2
+
+
+def _only_loopback() -> bool:
+    """No network interface but ``lo`` is up: Ray cannot send anything off this machine."""
+    up = [p.name for p in Path("/sys/class/net").iterdir() if (p / "operstate").read_text().strip() != "down"]
+    return up == ["lo"] or all(name == "lo" for name in up)
+
+
+needs_namespace = pytest.mark.skipif(
+    not _only_loopback(), reason="run inside `unshare -n` with only loopback up (scripts/test.sh does)"
+)
+
+
+@pytest.fixture(scope="module")
+def forked(tiny_model: str) -> nbdist.GenerationResult:
+    """The forked pool's images, made before Ray's threads exist in this process (forking after them is unsafe)."""
+    result = nbdist.generate(tiny_model, PROMPTS, seed=0, steps=STEPS, num_processes=2)
+    nbdist.shutdown()
+    return result
+
+
+@pytest.fixture(scope="module")
+def cluster(forked):
+    """Head + 2 worker nodes, one CPU each, no dashboard; the kernel side joins it through nbdist."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    started = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    workers = [started.add_node(num_cpus=1) for _ in range(2)]
+    started.wait_for_nodes()
+    try:
+        yield started, workers
+    finally:
+        nbdist.shutdown()
+        ray.shutdown()
+        started.shutdown()
+
+
+@pytest.fixture(scope="module")
+def run(cluster, tiny_model: str):
+    """``nbdist.generate`` of the tiny model on the cluster's actors."""
+
+    def on_cluster(prompts=PROMPTS, **kw):
+        kw = {"seed": 0, "steps": STEPS, "num_processes": 3, **kw}
+        return nbdist.generate(tiny_model, prompts, cluster=cluster[0].address, **kw)
+
+    return on_cluster
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_images_equal_plain_call_and_forked_pool_from_three_nodes(run, forked, tiny_pipe) -> None:
+    result = run(num_processes=3)
+    assert [r.index for r in result if r.ok] == list(range(len(PROMPTS))), result.worker_failures
+    for record, twin in zip(result, forked, strict=True):
+        assert max_diff(record.image, reference(tiny_pipe, record.prompt, record.seed)) <= 2, record.index
+        assert max_diff(record.image, twin.image) <= 2, record.index
+    import ray
+
+    alive = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    assert len({r.node for r in result}) >= 3 and {r.node for r in result} <= alive
+    assert {w.node for w in result.workers.values()} == alive
+    assert all(w.device == "cpu" and w.pid > 0 for w in result.workers.values())
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_second_cell_reuses_the_actors_and_background_works(run) -> None:
+    before = nbdist.status().pids
+    handle = run(PROMPTS[:3], background=True)
+    result = handle.wait(120)
+    assert len(before) == 3 and nbdist.status().pids == before
+    assert [r.ok for r in result] == [True] * 3 and not result.worker_failures
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_stop_keeps_the_actors(run) -> None:
+    before = nbdist.status().pids
+    handle = run(PROMPTS * 4, background=True)
+    deadline = time.monotonic() + 120
+    while not len(handle) and time.monotonic() < deadline:
+        handle.wait_briefly(0.05)
+    handle.cancel()
+    result = handle.wait(60)
+    assert result.interrupted and 1 <= len([r for r in result if r.ok]) < len(PROMPTS) * 4
+    assert not result.worker_failures and nbdist.status().pids == before
+    assert [r.ok for r in run(PROMPTS[:1])] == [True]
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_a_node_removed_mid_run_loses_no_finished_image(cluster, run) -> None:
+    started, workers = cluster
+    handle = run(PROMPTS * 2, background=True, steps=6)
+    victims = {node.unique_id: node for node in workers}
+    deadline = time.monotonic() + 120
+    while not any(r.node in victims for r in handle) and time.monotonic() < deadline:
+        handle.wait_briefly(0.05)
+    made_there = [r for r in handle if r.node in victims]
+    lost = made_there[0].node
+    started.remove_node(victims[lost])
+    result = handle.wait(180)
+    assert [r.index for r in result if r.ok] == list(range(len(PROMPTS) * 2)) and not result.missing
+    assert {r.index for r in made_there} <= {r.index for r in result if r.node == lost}
+    lines = [f.error for f in result.worker_failures]
+    assert len(lines) == 1 and f"node {lost[:8]} lost" in lines[0], lines
+    after = run(PROMPTS[:2])
+    assert [r.ok for r in after] == [True, True] and len(after.workers) == 2 and lost not in {r.node for r in after}
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_shutdown_leaves_no_actor(run) -> None:
+    from ray._private import state
+
+    assert nbdist.status().pids
+    assert nbdist.shutdown()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        alive = [a for a in state.actors().values() if a["State"] != "DEAD"]
+        if not alive:
+            break
+        time.sleep(0.1)  # polling Ray's own record of the actors, not waiting in place of it
+    assert alive == []
+
+
+def test_unreachable_cluster_is_one_line_before_anything_starts(tiny_model: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(NbdistUsageError, match=r"^--cluster 127\.0\.0\.1:1: cannot reach 127\.0\.0\.1:1") as err:
+        nbdist.generate(tiny_model, ["a dog"], cluster="127.0.0.1:1")
+    assert "\n" not in str(err.value) and time.monotonic() - started < 10
+    with pytest.raises(NbdistUsageError, match="write auto, HOST:PORT or ray://HOST:PORT"):
+        nbdist.generate(tiny_model, ["a dog"], cluster="no-port-here")
+
+
+def test_ray_is_imported_only_for_a_cluster(tiny_model: str) -> None:
+    code = (
+        "import sys, nbdist; "
+        f"nbdist.generate({tiny_model!r}, ['a dog'], steps=1, num_processes=1, seed=0); "
+        "assert 'ray' not in sys.modules, 'ray imported'"
+    )
+    env = {**os.environ, "NBDIST_CLUSTER": ""}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
