@@ -79,6 +79,7 @@ class RayActorGroup:
         self._command: RunCommand | None = None
         self._settings: Any = None  # ObjectRef of (options, call): put once per run, not once per batch
         self._cancelled = False
+        self._dispatched = False
         self._closed = False
         self._placement: Any = None
         self._log_dir = tempfile.mkdtemp(prefix="nbdist-ray-logs-")  # stays empty: the logs are on the nodes
@@ -149,12 +150,20 @@ class RayActorGroup:
     # -- a run -------------------------------------------------------------------------------------
 
     def run(self, command: RunCommand) -> None:
+        """Take the run; its batches go out once every actor is ready (its ``RunStarted`` follows its hello)."""
+        self._command, self._cancelled, self._dispatched = command, False, False
+        if not self._hellos:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
         """Queue the run's batches in dispatch order and give every actor its first ``IN_FLIGHT``."""
         import ray
 
+        command = self._command
+        assert command is not None
+        self._dispatched = True
         size = command.options.batch_size
-        jobs = list(command.jobs)
-        self._command, self._cancelled = command, False
+        jobs = [] if self._cancelled else list(command.jobs)
         self._settings = ray.put((command.options, command.call))
         self._pending = collections.deque(jobs[i : i + size] for i in range(0, len(jobs), size))
         self._inbox.extend(RunStarted(rank, command.run, -1) for rank in sorted(self._actors))
@@ -177,7 +186,7 @@ class RayActorGroup:
 
         if self._inbox:
             return self._inbox.popleft()
-        waiting = [ref for ref, _ in self._hellos] + [call.stream for call in self._streams.values()]
+        waiting = [ref for ref, _ in self._hellos] or [call.stream for call in self._streams.values()]
         if not waiting:
             return None
         done, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
@@ -197,6 +206,8 @@ class RayActorGroup:
             hello: WorkerStarted = ray.get(ref)
         except Exception as exc:  # it could not get ready: the pool ends the group, as for a forked worker
             return WorkerFinished(rank, error=first_line(exc), traceback=str(exc))
+        if not self._hellos and self._command is not None and not self._dispatched:
+            self._dispatch()
         return hello
 
     def _on_stream(self, call: _Call) -> Message | None:
@@ -240,7 +251,7 @@ class RayActorGroup:
 
     def _settle(self) -> None:
         """Once no batch is out (and none can be handed out), every actor left says it is done with the run."""
-        if self._command is None or self._streams or (self._pending and self._actors):
+        if self._command is None or not self._dispatched or self._streams or (self._pending and self._actors):
             return
         run, cancelled = self._command.run, self._cancelled
         self._inbox.extend(RunFinished(rank, run, cancelled=cancelled) for rank in sorted(self._actors))
