@@ -64,7 +64,7 @@ def run(cluster, tiny_model: str):
     """``nbdist.generate`` of the tiny model on the cluster's actors."""
 
     def on_cluster(prompts=PROMPTS, **kw):
-        kw = {"seed": 0, "steps": STEPS, "num_processes": 3, **kw}
+        kw = {"seed": 0, "steps": STEPS, **kw}  # -n: one actor per CPU of the cluster
         return nbdist.generate(tiny_model, prompts, cluster=cluster[0].address, **kw)
 
     return on_cluster
@@ -73,7 +73,7 @@ def run(cluster, tiny_model: str):
 @pytest.mark.ray
 @needs_namespace
 def test_images_equal_plain_call_and_forked_pool_from_three_nodes(run, forked, tiny_pipe) -> None:
-    result = run(num_processes=3)
+    result = run()
     assert [r.index for r in result if r.ok] == list(range(len(PROMPTS))), result.worker_failures
     for record, twin in zip(result, forked, strict=True):
         assert max_diff(record.image, reference(tiny_pipe, record.prompt, record.seed)) <= 2, record.index
@@ -116,7 +116,7 @@ def test_stop_keeps_the_actors(run) -> None:
 def test_a_node_removed_mid_run_loses_no_finished_image(cluster, run) -> None:
     started, workers = cluster
     handle = run(PROMPTS * 2, background=True, steps=6)
-    victims = {node.unique_id: node for node in workers}
+    victims = {node.node_id: node for node in workers}
     deadline = time.monotonic() + 120
     while not any(r.node in victims for r in handle) and time.monotonic() < deadline:
         handle.wait_briefly(0.05)

@@ -83,6 +83,12 @@ class Plan:
     cuda_visible: str | None = None  # set in each worker right after the fork (GPUs chosen); None: inherit
 
     @property
+    def _pool_size(self) -> int:
+        """``-n`` as the key sees it: on a cluster without ``-n``, 0 ("every slot"), so that after a lost node
+        the next run keeps the actors that remain instead of replacing them with fewer new ones."""
+        return 0 if self.options.cluster is not None and self.options.num_processes is None else self.num_processes
+
+    @property
     def key(self) -> PoolKey:
         """The warm pool this plan needs."""
         o = self.options
@@ -91,7 +97,7 @@ class Plan:
             id(self.pipe),
             self.device_type,
             self.dtype,
-            self.num_processes,
+            self._pool_size,
             self.threads,
             o.allow_pickle,
             o.device_map,
