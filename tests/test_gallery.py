@@ -130,6 +130,19 @@ def test_steps_images_and_errors_reach_the_tiles() -> None:
     assert widget.header["workers"][0] == "worker 0 · cpu · 1/3 images · waiting"
 
 
+def test_a_cluster_workers_line_names_its_node() -> None:
+    """A --cluster actor's header line says which Ray node it is on, before its device."""
+    clock = Clock()
+    gallery = _gallery(clock)
+    gallery.on_message(WorkerStarted(0, "cuda:0", 111, -1, 1, node="9f3a61c2d4e5b6a7"))
+    gallery.on_message(WorkerStarted(1, "cpu", 112, 3, 1))
+    clock.now += 1.0
+    gallery.on_tick()
+    assert gallery.widget is not None
+    assert gallery.widget.header["workers"][0] == "worker 0 · node 9f3a61c2 · cuda:0 · 0 images · waiting"
+    assert gallery.widget.header["workers"][1] == "worker 1 · cpu · 0/3 images · waiting"
+
+
 def test_updates_are_coalesced_per_tick() -> None:
     """Fifty step reports for one tile between two ticks cost one tile update, not fifty."""
     clock = Clock()

@@ -82,6 +82,7 @@ class WorkerState:
     rank: int
     status: WorkerStatus = "starting"
     device: str = ""
+    node: str | None = None  # the Ray node of a --cluster actor
     planned: int = -1  # -1: dynamic schedule, not known in advance
     done: int = 0
     current: tuple[int, ...] = ()
@@ -173,6 +174,7 @@ class GalleryState:
         elif isinstance(msg, WorkerStarted):
             worker = self._worker(msg.rank)
             worker.status, worker.device, worker.planned = "running", msg.device, msg.num_jobs
+            worker.node = msg.node
             if self.first_progress is None:
                 self.first_progress = self.clock()
         elif isinstance(msg, WorkerFinished):
@@ -307,7 +309,8 @@ class GalleryState:
         )
 
     def _worker_line(self, worker: WorkerState) -> str:
-        where = f"worker {worker.rank}" + (f" · {worker.device}" if worker.device else "")
+        where = f"worker {worker.rank}" + (f" · node {worker.node[:8]}" if worker.node else "")
+        where += f" · {worker.device}" if worker.device else ""
         count = f"{worker.done}/{worker.planned} images" if worker.planned >= 0 else f"{worker.done} images"
         if self.queued_behind and worker.status == "starting":  # busy with the runs before this one
             return f"{where} · waiting"

@@ -75,7 +75,8 @@ class TerminalProgress:
             if self._share_only and msg.num_jobs >= 0:
                 self._total = msg.num_jobs
             share = f", {msg.num_jobs} image(s)" if msg.num_jobs >= 0 else ""
-            self._event(f"worker {msg.rank} ready on {msg.device}{share}")
+            node = f" of node {msg.node[:8]}" if msg.node else ""
+            self._event(f"worker {msg.rank} ready on {msg.device}{node}{share}")
         elif isinstance(msg, StepProgress):
             if self._denoising_since is None:
                 self._denoising_since = self._clock()
