@@ -24,6 +24,7 @@ import collections
 import contextlib
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -187,7 +188,8 @@ class RayActorGroup:
         if self._inbox:
             return self._inbox.popleft()
         waiting = [ref for ref, _ in self._hellos] or [call.stream for call in self._streams.values()]
-        if not waiting:
+        if not waiting:  # nothing out there (every actor lost): the caller's poll must not spin
+            time.sleep(timeout)
             return None
         done, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
         if not done:
