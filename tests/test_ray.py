@@ -165,3 +165,19 @@ def test_ray_is_imported_only_for_a_cluster(tiny_model: str) -> None:
     )
     env = {**os.environ, "NBDIST_CLUSTER": ""}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+
+
+def test_cluster_addresses_and_the_environment(monkeypatch, tiny_model: str) -> None:
+    from nbdist.cluster_address import cluster_from_env, host_port
+
+    assert host_port("auto") is None
+    assert host_port("10.0.0.1:6379") == ("10.0.0.1", 6379)
+    assert host_port("ray://head-svc.ns.svc.cluster.local:10001") == ("head-svc.ns.svc.cluster.local", 10001)
+    monkeypatch.setenv("NBDIST_CLUSTER", "auto")
+    assert cluster_from_env(None) == "auto" and cluster_from_env("local") is None
+    monkeypatch.setenv("NBDIST_CLUSTER", "local")
+    assert cluster_from_env(None) is None and cluster_from_env("h:1") == "h:1"
+    with pytest.raises(NbdistUsageError, match="--offload places a model within one machine"):
+        nbdist.generate(tiny_model, ["a dog"], cluster="auto", offload="model")
+    with pytest.raises(NbdistUsageError, match="port 70000 is not a TCP port"):
+        nbdist.generate(tiny_model, ["a dog"], cluster="h:70000")
