@@ -121,14 +121,15 @@ def report(args: argparse.Namespace, fork: list[dict[str, float]], ray: list[dic
     print(f"\n{args.prompts} images of the `{args.size}` pipeline, {args.steps} steps, -n {args.n} (1 thread each), ")
     runs = f"median of {args.repeat} warm Ray runs and of {2 * args.repeat} forked (before and after)"
     print(f"{runs}; one image alone: {latency:.2f} s; Ray actors on {nodes} node(s)\n")
-    print("| backend | images/s | ratio | first image s | first - one image s | kernel CPU ms/image |")
-    print("|---|---|---|---|---|---|")
-    base = med(fork, "images_per_s")
+    print("| backend | images/s | ratio | first image s | first - one image s | kernel CPU ms/image | each run |")
+    print("|---|---|---|---|---|---|---|")
+    key = "images_per_s"
+    base = med(fork, key)
     for name, rows in (("forked pool (notebook_launcher)", fork), ("Ray actors (--cluster)", ray)):
         rate, first = med(rows, "images_per_s"), med(rows, "first_s")
         print(
             f"| {name} | {rate:.2f} | {rate / base:.2f} | {first:.2f} | {first - latency:+.2f} | "
-            f"{med(rows, 'kernel_ms_per_image'):.1f} |"
+            f"{med(rows, 'kernel_ms_per_image'):.1f} | {' '.join(f'{row[key]:.2f}' for row in rows)} |"
         )
     print(f"\nmax pixel difference between the backends' images: {diff}/255")
 
