@@ -274,9 +274,8 @@ class RayActorGroup:
 
             ray.kill(actor)
         unfinished = sum(len(call.unfinished()) for call in calls)
-        node = hello.node if hello is not None and hello.node else "?"
         where = "the other workers" if self._actors else "no worker: none is left"
-        error = f"node {node[:8]} lost (worker {rank}): {unfinished} unfinished image(s) go to {where}"
+        error = f"{_what_was_lost(rank, hello, exc)}: {unfinished} unfinished image(s) go to {where}"
         if self._command is not None:
             self._inbox.append(RunFinished(rank, self._command.run, error=error, traceback=first_line(exc)))
         if not self._cancelled:
@@ -311,3 +310,17 @@ class RayActorGroup:
         if not self._closed:
             self.kill()
         shutil.rmtree(self._log_dir, ignore_errors=True)
+
+
+def _what_was_lost(rank: int, hello: WorkerStarted | None, exc: BaseException) -> str:
+    """``node 9f3a61c2 lost (worker 2)`` when its node is gone, else the actor's own death (e.g. out of memory)."""
+    import ray
+
+    node = hello.node if hello is not None and hello.node else ""
+    try:
+        alive = any(n.get("NodeID") == node and n.get("Alive") for n in ray.nodes())
+    except Exception:  # the cluster itself is unreachable: say what is known
+        alive = False
+    if node and alive:
+        return f"worker {rank} died on node {node[:8]} ({first_line(exc)})"
+    return f"node {node[:8] or '?'} lost (worker {rank})"
