@@ -171,6 +171,15 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
     ),
     Argument(("--variant",), {"metavar": "NAME", "help": "weights variant for from_pretrained, e.g. fp16"}),
     Argument(("--revision",), {"metavar": "REV", "help": "hub revision (branch, tag or commit) for from_pretrained"}),
+    Argument(
+        ("--preview",),
+        {
+            "default": "auto",
+            "metavar": "auto|taesd[=PATH]|off",
+            "help": "show each image while it denoises: auto (a cheap linear latent->RGB map, every few steps), "
+            "taesd (a tiny autoencoder, AutoencoderTiny: the family's published one, or PATH / a hub id) or off",
+        },
+    ),
 )
 
 

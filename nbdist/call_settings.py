@@ -64,6 +64,7 @@ class CallSettings:
     loras: dict[str, float] = field(default_factory=dict)  # --lora: source -> scale (a sweep may change them)
     fuse_lora: bool = False  # --fuse-lora: the workers fuse the active LoRAs into the weights
     prompt_syntax: str = "weighted"  # --prompt-syntax: "weighted" prompts go through compel where they need it
+    preview: str = "auto"  # --preview: how the workers draw an image while it denoises (preview_choice.py)
 
     @property
     def steps(self) -> int:
@@ -156,7 +157,8 @@ def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> Call
     loras = dict(getattr(options, "loras", None) or {})
     fuse = bool(getattr(options, "fuse_lora", False))
     syntax = str(getattr(options, "prompt_syntax", "weighted"))
-    return CallSettings(kwargs, effective, sources, negative, options.scheduler, notes, loras, fuse, syntax)
+    preview = str(getattr(options, "preview", "auto"))
+    return CallSettings(kwargs, effective, sources, negative, options.scheduler, notes, loras, fuse, syntax, preview)
 
 
 def _unused(pipe: Any, params: dict[str, inspect.Parameter], options: GenerateOptions) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import NbdistUsageError
 from .placement import validate_placement
+from .preview_choice import parse_preview
 
 __all__ = ["DTYPES", "GenerateOptions", "NbdistUsageError"]
 
@@ -55,6 +56,7 @@ class GenerateOptions:
     quantize: str | None = None  # "nf4", "int8", "torchao-int8wo": the workers load the model quantized
     vae_tiling: bool = False  # the VAE decodes in tiles: big images need far less GPU memory
     overwrite: bool = False  # save_dir may hold an earlier run: replace its files (else that is refused)
+    preview: str = "auto"  # --preview auto|taesd[=PATH]|off: the image while it denoises (preview_choice.py)
 
     def with_(self, **changes: object) -> GenerateOptions:
         """A copy with some fields changed (``dataclasses.replace`` under a shorter name)."""
@@ -98,6 +100,7 @@ class GenerateOptions:
 
                 refuse_previous_run(self.save_dir)
         validate_placement(self)
+        parse_preview(self.preview)
 
     def check_size(self, vae_scale_factor: int) -> None:
         """Height and width must be multiples of the pipeline's VAE scale factor (8 for SD)."""

@@ -67,6 +67,8 @@ def _in_kernel() -> bool:
 class Gallery:
     """Draws the run in the cell output: header, tiles, and full-size images on request."""
 
+    wants_previews = True  # the tiles show each image forming (``--preview``)
+
     def __init__(
         self,
         interval: float = 0.2,

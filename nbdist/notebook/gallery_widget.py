@@ -63,6 +63,7 @@ class TileModel(widgets.Widget):
     fraction = t.Float(0.0).tag(sync=True)
     thumbnail = t.Bytes(b"").tag(sync=True)
     error = t.Unicode().tag(sync=True)
+    preview = t.Bytes(b"").tag(sync=True)  # the image forming (JPEG, ~96 px) until ``thumbnail`` arrives
 
     @classmethod
     def from_state(cls, tile: TileState, caption: str | None = None) -> TileModel:
@@ -82,6 +83,8 @@ class TileModel(widgets.Widget):
             self.error = tile.error
             if tile.thumbnail and tile.thumbnail != self.thumbnail:
                 self.thumbnail = tile.thumbnail
+            if tile.preview != self.preview:  # emptied with the finished image: saved widget state stays small
+                self.preview = tile.preview
 
 
 FullImageSource = Callable[[int], "FullImage | str"]

@@ -22,6 +22,7 @@ from .planning.prompt_check import truncation_warning
 from .pool.run import RunHandle
 from .pool.warm_pool import PoolStatus, current_status, shutdown_pool, the_pool
 from .results.observer import RunObserver
+from .results.previews import PreviewCallback, wants_previews
 from .results.result import GenerationResult
 
 __all__ = ["generate", "shutdown", "status", "wait_interruptibly"]
@@ -34,6 +35,7 @@ def generate(
     options: GenerateOptions | None = None,
     observers: Sequence[RunObserver] | None = None,
     background: bool = False,
+    on_preview: Callable[[int, int, Any], object] | None = None,
     **overrides: Any,
 ) -> Any:
     """Generate images for ``prompts`` on every GPU (or several CPU workers) and return them.
@@ -47,6 +49,9 @@ def generate(
     The workers stay up after the call (``nbdist.status()``, ``nbdist.shutdown()``): the next call
     with the same model, dtype, device and ``-n`` starts at once. ``background=True`` returns a
     ``RunHandle`` (records so far, ``done``, ``wait()``, ``cancel()``) instead of waiting.
+
+    ``on_preview=fn`` calls ``fn(index, step, image)`` in this process for every preview the workers
+    make while image ``index`` denoises (a ~96 px PIL image, ``preview="auto"``; see ``--preview``).
     """
     started = time.monotonic()  # the totals count from here: the kernel's imports and load are the user's wait too
     opts = make_options(options, overrides)
@@ -55,6 +60,9 @@ def generate(
         model_or_pipe = resolve_model(model_or_pipe)  # "demo": the shipped demo model, no hub lookup
     if observers is None:
         observers = _default_observers(opts)
+    observers = [*observers, *([PreviewCallback(on_preview)] if on_preview is not None else [])]
+    if not wants_previews(observers):  # nobody shows them: the workers make none
+        opts = opts.with_(preview="off") if opts.preview != "off" else opts
     report = _phase_reporter(observers)
     with phases.reporting(report):
         plan = plan_run(model_or_pipe, prompts, opts)

@@ -102,7 +102,8 @@ async function render({ model, el }) {
     tile.meta.textContent = m.get("meta");
     tile.meta.title = m.get("meta");
     tile.progress.style.width = status === "running" ? `${Math.round(100 * (m.get("fraction") || 0))}%` : "0";
-    const bytes = bytesOf(m.get("thumbnail"));
+    const final = bytesOf(m.get("thumbnail"));
+    const bytes = final || bytesOf(m.get("preview")); // the image forming, until the finished one arrives
     if (bytes && bytes !== tile.bytes) {
       tile.bytes = bytes;
       if (tile.url) URL.revokeObjectURL(tile.url);
@@ -110,7 +111,11 @@ async function render({ model, el }) {
       tile.img.src = tile.url;
     }
     tile.img.hidden = !tile.url;
-    if (shown >= 0 && tiles[shown] === tile) drawViewer();
+    tile.fig.dataset.picture = final ? "final" : tile.url ? "preview" : "none";
+    if (shown >= 0 && tiles[shown] === tile) {
+      if (final && status === "done") request(m.get("index")); // opened while it formed: now the full size
+      drawViewer();
+    }
   }
 
   async function buildTiles() {
@@ -232,6 +237,7 @@ async function render({ model, el }) {
       download.classList.add("nbdist-disabled");
       if (m.get("status") === "failed") vnote.textContent = m.get("label");
       else if (!tile.url) vnote.textContent = "not generated yet";
+      else if (m.get("status") !== "done") vnote.textContent = `forming: ${m.get("label")} (live preview)`;
       else if (got && got.error) vnote.textContent = got.error;
       else if (got && got.waiting) {
         vnote.textContent =
