@@ -1,0 +1,116 @@
+"""Live previews: what they cost the run, and what they add to the gallery's widget traffic, in one real kernel.
+
+The same ``%%distgen -n N`` cell (live gallery, warm workers) with ``--preview off`` and with
+``--preview auto``, interleaved ``--repeat`` times so a drift in the machine's load hits both alike;
+the baseline is the ``off`` cell measured in the same run. Per model it reports the median cell time,
+the overhead against ``off``, the previews the workers made (``on_preview`` in a plain
+``nbdist.generate`` call on the same warm workers), and the widget messages and bytes (JSON and
+binary buffers) per image that reached the front end.
+
+    python benchmarks/previews.py [--models demo,cpu] [--prompts 12] [-n 2] [--repeat 3]
+
+``cpu`` is the tiny random pipeline of that size (128 px, slow steps); ``demo`` the shipped demo model
+(64 px, 15 fast steps); any other value is a model folder or hub id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from kernel import Execution, Kernel
+
+
+@dataclass
+class Cell:
+    """One measured cell: wall seconds, widget update messages and their bytes."""
+
+    wall: float
+    messages: int
+    bytes: int
+
+
+def run_cell(kernel: Kernel, code: str) -> Cell:
+    ex = kernel.execute(code, timeout=900)
+    if ex.error:
+        raise RuntimeError(f"{ex.error['ename']}: {ex.error['evalue']}")
+    return Cell(ex.wall, *_traffic(ex))
+
+
+def _traffic(ex: Execution) -> tuple[int, int]:
+    """Widget update messages and their size (the JSON content plus binary buffers)."""
+    updates = [m for m in ex.of_type("comm_msg") if m.content.get("data", {}).get("method") == "update"]
+    size = sum(len(json.dumps(m.content)) + sum(len(b) for b in m.buffers) for m in updates)
+    return len(updates), size
+
+
+def model_of(name: str) -> str:
+    if name in ("tiny", "cpu"):
+        from nbdist.tiny import ensure_tiny_pipeline
+
+        return str(ensure_tiny_pipeline(name))
+    return name
+
+
+def measure(kernel: Kernel, model: str, prompts: int, n: int, repeat: int) -> dict[str, object]:
+    """Interleaved off/auto cells on warm workers; the previews one run makes, counted by ``on_preview``."""
+    lines = "\n".join(f"benchmark prompt number {i}" for i in range(prompts))
+    cells = {mode: f"%%distgen --model {model} -n {n} --seed 0 --preview {mode}\n{lines}" for mode in ("off", "auto")}
+    run_cell(kernel, cells["off"])  # imports, load, fork: not measured
+    runs: dict[str, list[Cell]] = {"off": [], "auto": []}
+    for _ in range(repeat):
+        for mode in ("off", "auto"):
+            runs[mode].append(run_cell(kernel, cells[mode]))
+    prompt_list = [f"benchmark prompt number {i}" for i in range(prompts)]
+    count = kernel.value(
+        f"(lambda made: (nbdist.generate({model!r}, {prompt_list!r}, seed=0, num_processes={n}, "
+        "on_preview=lambda i, s, im: made.append(s)), len(made))[1])([])"
+    )
+    return {"runs": runs, "previews": count}
+
+
+def table(name: str, found: dict[str, object], prompts: int) -> list[str]:
+    runs: dict[str, list[Cell]] = found["runs"]  # type: ignore[assignment]
+    off = statistics.median(c.wall for c in runs["off"])
+    rows = []
+    for mode in ("off", "auto"):
+        wall = statistics.median(c.wall for c in runs[mode])
+        messages = statistics.median(c.messages for c in runs[mode]) / prompts
+        size = statistics.median(c.bytes for c in runs[mode]) / prompts / 1024
+        overhead = f"{100 * (wall / off - 1):+.1f} %" if mode == "auto" else "baseline"
+        previews = f"{int(found['previews']) / prompts:.1f}" if mode == "auto" else "0"  # type: ignore[call-overload]
+        rows.append(
+            f"| {name} | --preview {mode} | {wall:.2f} | {overhead} | {previews} | {messages:.1f} | {size:.1f} |"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="demo,cpu")
+    parser.add_argument("--prompts", type=int, default=12)
+    parser.add_argument("-n", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    lines = [
+        f"{args.prompts} images, -n {args.n}, median of {args.repeat} interleaved warm cells (live gallery)",
+        "",
+        "| model | cell | wall s | vs off | previews made per image | widget updates per image | widget KiB per image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    with Kernel() as kernel:
+        assert kernel.execute("%load_ext nbdist\nimport nbdist").error is None
+        for name in args.models.split(","):
+            found = measure(kernel, model_of(name), args.prompts, args.n, args.repeat)
+            lines += table(name, found, args.prompts)
+            kernel.execute("%distgen --shutdown")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
