@@ -37,6 +37,19 @@ class ImageRecord:
         """True when the image was generated."""
         return self.image is not None
 
+    # -- acting on this image (cell.py, actions.py) ---------------------------------------------------
+    run: Any = field(default=None, repr=False, compare=False)  # the GenerationResult it belongs to
+
+    @property
+    def cell(self) -> str:
+        """The ``%%distgen`` cell that makes this image again, alone: model, settings, its seed, its prompt."""
+        from .cell import image_cell, image_options, model_name
+
+        if self.run is None:
+            raise ValueError("this record belongs to no finished run")
+        options = image_options(self.run.options, self.seed, self.params)
+        return image_cell(model_name(self.run.model), self.prompt, options)
+
 
 @dataclass
 class WorkerFailure:
@@ -107,6 +120,10 @@ class GenerationResult(RecordSequence):
     sources: dict[str, str] = field(default_factory=dict)  # where each came from: user, model file, table, class
     jobs: list[ImageJob] = field(default_factory=list, repr=False)  # every job of the run, for grids
     display_token: str | None = field(default=None, repr=False)  # pairs the notebook gallery with _repr_html_
+
+    def __post_init__(self) -> None:
+        for record in self.records:  # each record knows its run: res[i].cell, .vary(), .refine()
+            record.run = self
 
     @property
     def device_map(self) -> dict[str, Any] | None:
