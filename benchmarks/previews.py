@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"{args.prompts} images, -n {args.n}, median of {args.repeat} interleaved warm cells (live gallery)",
         "",
-        "| model | cell | wall s | vs off | previews made per image | widget updates per image | widget KiB per image |",
+        "| model | cell | wall s | vs off | previews per image | widget updates per image | widget KiB per image |",
         "|---|---|---|---|---|---|---|",
     ]
     with Kernel() as kernel:

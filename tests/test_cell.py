@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from kernel import Kernel
+
 from nbdist.options import GenerateOptions
 from nbdist.parent.results.cell import image_cell, image_options
 
