@@ -180,6 +180,23 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
             "taesd (a tiny autoencoder, AutoencoderTiny: the family's published one, or PATH / a hub id) or off",
         },
     ),
+    Argument(
+        ("--variation-seed",),
+        {
+            "type": int,
+            "metavar": "V",
+            "help": "variations: image i's initial noise blended (slerp) with the noise of seed V+i, by "
+            "--variation-strength; the image's own seed stays (res[i].vary() sweeps V)",
+        },
+    ),
+    Argument(
+        ("--variation-strength",),
+        {
+            "type": float,
+            "metavar": "S",
+            "help": "how far towards the variation seed's noise: 0 is the image itself (default 0.2)",
+        },
+    ),
 )
 
 

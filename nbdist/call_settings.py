@@ -47,6 +47,7 @@ _RESERVED = {
     "num_images_per_prompt": "-k",
     "output_type": "nbdist",
     "callback_on_step_end": "nbdist",
+    "latents": "--variation-seed",
     "return_dict": "nbdist",
 }
 
@@ -65,6 +66,8 @@ class CallSettings:
     fuse_lora: bool = False  # --fuse-lora: the workers fuse the active LoRAs into the weights
     prompt_syntax: str = "weighted"  # --prompt-syntax: "weighted" prompts go through compel where they need it
     preview: str = "auto"  # --preview: how the workers draw an image while it denoises (preview_choice.py)
+    variation_seed: int | None = None  # --variation-seed: image i's noise blended with seed V + i's (variations.py)
+    variation_strength: float | None = None  # --variation-strength: how far towards it (0: the image itself)
 
     @property
     def steps(self) -> int:
@@ -158,7 +161,10 @@ def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> Call
     fuse = bool(getattr(options, "fuse_lora", False))
     syntax = str(getattr(options, "prompt_syntax", "weighted"))
     preview = str(getattr(options, "preview", "auto"))
-    return CallSettings(kwargs, effective, sources, negative, options.scheduler, notes, loras, fuse, syntax, preview)
+    variation = (getattr(options, "variation_seed", None), getattr(options, "variation_strength", None))
+    return CallSettings(
+        kwargs, effective, sources, negative, options.scheduler, notes, loras, fuse, syntax, preview, *variation
+    )
 
 
 def _unused(pipe: Any, params: dict[str, inspect.Parameter], options: GenerateOptions) -> list[str]:

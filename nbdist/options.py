@@ -57,6 +57,8 @@ class GenerateOptions:
     vae_tiling: bool = False  # the VAE decodes in tiles: big images need far less GPU memory
     overwrite: bool = False  # save_dir may hold an earlier run: replace its files (else that is refused)
     preview: str = "auto"  # --preview auto|taesd[=PATH]|off: the image while it denoises (preview_choice.py)
+    variation_seed: int | None = None  # image i's initial noise blended with seed variation_seed + i's
+    variation_strength: float | None = None  # how far (slerp) towards that noise: 0 is the image itself
 
     def with_(self, **changes: object) -> GenerateOptions:
         """A copy with some fields changed (``dataclasses.replace`` under a shorter name)."""
@@ -101,6 +103,7 @@ class GenerateOptions:
                 refuse_previous_run(self.save_dir)
         validate_placement(self)
         parse_preview(self.preview)
+        check_variation(self.variation_seed, self.variation_strength, self.sweep)
 
     def check_size(self, vae_scale_factor: int) -> None:
         """Height and width must be multiples of the pipeline's VAE scale factor (8 for SD)."""
@@ -110,6 +113,16 @@ class GenerateOptions:
                 raise NbdistUsageError(
                     f"--{name} {value} is not a multiple of {vae_scale_factor} (this pipeline's VAE scale factor)"
                 )
+
+
+def check_variation(seed: object, strength: object, sweep: dict[str, list[object]]) -> None:
+    """``--variation-seed`` a seed, ``--variation-strength`` in [0, 1], and no strength without a variation seed."""
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise NbdistUsageError(f"--variation-seed must be a non-negative integer, got {seed!r}")
+    if strength is not None and (not isinstance(strength, int | float) or not 0 <= strength <= 1):
+        raise NbdistUsageError(f"--variation-strength must be a number from 0 to 1, got {strength!r}")
+    if (strength is not None or "variation_strength" in sweep) and seed is None and "variation_seed" not in sweep:
+        raise NbdistUsageError("--variation-strength needs --variation-seed V (or --sweep variation_seed=...)")
 
 
 def check_writable_dir(path: Path) -> None:

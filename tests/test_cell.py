@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from kernel import Kernel
 
+from nbdist.jobs import ImageJob
 from nbdist.options import GenerateOptions
 from nbdist.parent.results.cell import image_cell, image_options
 
@@ -43,7 +44,8 @@ def test_the_cell_of_a_swept_image_reproduces_it_in_a_new_kernel(kernel, tmp_pat
     ],
 )
 def test_sweep_values_become_plain_flags(settings: dict, expected: str) -> None:
-    options = image_options(GenerateOptions(seed=0, num_processes=2, batch_size=2, save_dir="out"), 1, settings)
+    options = GenerateOptions(seed=0, num_processes=2, batch_size=2, save_dir="out")
+    options = image_options(options, ImageJob(0, 0, "a dog", 1, tuple(settings.items())))
     first = image_cell("demo", "a {x} for $5", options).splitlines()
     assert expected in first[0] and "-n" not in first[0] and "--save-dir" not in first[0]
     assert first[1] == "a {{x}} for $$5"  # IPython and nbdist expand {} and $: doubled, they stay as written

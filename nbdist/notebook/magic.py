@@ -23,6 +23,7 @@ from ..parent.api import generate, shutdown, status
 from ..parent.output.report import end_lines, setup_refusal
 from ..parent.output.terminal import TerminalProgress
 from ..parent.pool.warm_pool import the_pool
+from ..parent.results.actions import show_runs_with
 from ..parent.results.result import GenerationResult
 from .gallery import Gallery
 from .prompts import parse_prompts, prompts_from_namespace
@@ -58,6 +59,7 @@ class DistgenMagics(Magics):
         cleanup = getattr(shell, "input_transformers_cleanup", None)
         if cleanup is not None and give_empty_cell_a_body not in cleanup:  # once, even after %reload_ext
             cleanup.append(give_empty_cell_a_body)
+        show_runs_with(lambda background: [Gallery(background=background)] if _has_widget_front_end(shell) else None)
 
     @magic_arguments()
     @argument(

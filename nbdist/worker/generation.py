@@ -15,6 +15,7 @@ from ..call_settings import CallSettings, call_parameters
 from ..jobs import ImageJob
 from ..sweep import job_call
 from .prompt_weights import needs_compel, prompt_embeddings
+from .variations import blended_latents
 
 __all__ = ["Made", "RunCancelled", "StepReporter", "run_batch", "step_callback", "to_images"]
 
@@ -101,6 +102,10 @@ def run_batch(
         reporter = StepReporter(on_step or _ignore, steps, should_stop=should_stop, preview=preview)
         kwargs.update(step_callback(pipe, reporter))
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
+    size = (kwargs.get("height") or call.effective.get("height"), kwargs.get("width") or call.effective.get("width"))
+    latents = blended_latents(pipe, jobs, call, generators, size)  # --variation-seed: the blended initial noise
+    if latents is not None:
+        kwargs["latents"] = latents
     prompts = [job.prompt for job in jobs]
     with torch.inference_mode():
         text: dict[str, Any] = {"prompt": prompts}

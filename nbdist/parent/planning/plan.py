@@ -27,6 +27,7 @@ from ..machine.fork_safety import check_fork_safe
 from ..machine.gpus import GpuQuery, query_gpus
 from ..machine.memory_fit import check_fit
 from ..results.observer import RunInfo
+from .variations import check_variations
 
 __all__ = ["Plan", "PoolKey", "make_options", "plan_run"]
 
@@ -167,6 +168,7 @@ def _check_call(pipe: Any, name: str, options: GenerateOptions) -> CallSettings:
     check_params(pipe, options.params)
     check_scheduler(pipe, options.scheduler)
     check_sweep(pipe, options.sweep)
+    check_variations(pipe, options)
     for lora in lora_sources(check_lora_sweep(options.loras, options.sweep), options.allow_pickle):
         check_lora_fits(pipe, name, lora)
     return resolve_call(pipe, name, options)

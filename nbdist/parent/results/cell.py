@@ -13,6 +13,7 @@ from dataclasses import fields
 from typing import Any
 
 from ...arguments import OPTION_ARGUMENTS
+from ...jobs import ImageJob, variation_of
 from ...loras import active_loras
 from ...options import GenerateOptions
 
@@ -37,11 +38,17 @@ NOT_PIXELS = {
 _FLAGS = {arg.dest: arg for arg in OPTION_ARGUMENTS}
 
 
-def image_options(options: GenerateOptions, seed: int, settings: dict[str, Any]) -> GenerateOptions:
-    """The run's options for one image alone: its seed, and its sweep values as plain settings."""
-    changes: dict[str, Any] = {"seed": seed, "sweep": {}, "images_per_prompt": 1, "schedule": None}
+def image_options(options: GenerateOptions, job: ImageJob) -> GenerateOptions:
+    """The run's options for one image alone: its seed, its variation seed, its sweep values as plain settings."""
+    changes: dict[str, Any] = {"seed": job.seed, "sweep": {}, "images_per_prompt": 1, "schedule": None}
     params = dict(options.params)
+    settings = job.settings
+    variation = variation_of(job, options)
+    if variation is not None:  # alone it is image 0: the cell names its variation seed itself
+        changes["variation_seed"], changes["variation_strength"] = variation
     for name, value in settings.items():
+        if name in ("variation_seed", "variation_strength"):
+            continue
         if name in ("steps", "guidance", "negative", "scheduler"):
             changes[name] = value
         elif name == "size":

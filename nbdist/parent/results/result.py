@@ -41,14 +41,27 @@ class ImageRecord:
     run: Any = field(default=None, repr=False, compare=False)  # the GenerationResult it belongs to
 
     @property
+    def job(self) -> ImageJob:
+        """The job this image was made from (its seed, its sweep values, which of its prompt's images)."""
+        if self.run is None:
+            raise ValueError("this record belongs to no finished run")
+        return next(job for job in self.run.jobs if job.index == self.index)
+
+    @property
     def cell(self) -> str:
         """The ``%%distgen`` cell that makes this image again, alone: model, settings, its seed, its prompt."""
         from .cell import image_cell, image_options, model_name
 
-        if self.run is None:
-            raise ValueError("this record belongs to no finished run")
-        options = image_options(self.run.options, self.seed, self.params)
+        options = image_options(self.run.options, self.job)
         return image_cell(model_name(self.run.model), self.prompt, options)
+
+    def vary(self, n: int = 8, strength: float = 0.2, seed: int | None = None, **options: Any) -> Any:
+        """``n`` variations of this image on the same workers: its initial noise blended (slerp) with that
+        of variation seeds ``seed .. seed+n-1`` at ``strength`` (0: this image itself). Returns their
+        ``GenerationResult`` (with ``background=True`` a handle); other keywords are options."""
+        from .actions import vary
+
+        return vary(self, n, strength, seed, **options)
 
 
 @dataclass
