@@ -197,6 +197,19 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
             "help": "how far towards the variation seed's noise: 0 is the image itself (default 0.2)",
         },
     ),
+    Argument(
+        ("--init",),
+        {
+            "metavar": "IMAGE",
+            "help": "refine (image-to-image, the same pipeline's img2img form): an image file, or in the magic "
+            "NAME / NAME[i] of the namespace (a record such as res[3], a PIL image, or a list: one per prompt)",
+        },
+    ),
+    Argument(("--strength",), {"type": float, "metavar": "S", "help": "with --init: how much is redone, 0-1"}),
+    Argument(
+        ("--upscale",),
+        {"type": float, "metavar": "F", "help": "with --init: resize it by F first (2: a hires-fix pass)"},
+    ),
 )
 
 

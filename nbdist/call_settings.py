@@ -68,6 +68,9 @@ class CallSettings:
     preview: str = "auto"  # --preview: how the workers draw an image while it denoises (preview_choice.py)
     variation_seed: int | None = None  # --variation-seed: image i's noise blended with seed V + i's (variations.py)
     variation_strength: float | None = None  # --variation-strength: how far towards it (0: the image itself)
+    init: str | tuple[str, ...] | None = None  # --init: the PNG(s) to refine (img2img.py), one or one per prompt
+    strength: float | None = None  # --strength: how much of the denoising is redone (None: the pipeline's)
+    upscale: float | None = None  # --upscale: the init resized by this factor first (a hires-fix pass)
 
     @property
     def steps(self) -> int:
@@ -162,8 +165,20 @@ def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> Call
     syntax = str(getattr(options, "prompt_syntax", "weighted"))
     preview = str(getattr(options, "preview", "auto"))
     variation = (getattr(options, "variation_seed", None), getattr(options, "variation_strength", None))
+    refine = (getattr(options, "init", None), getattr(options, "strength", None), getattr(options, "upscale", None))
     return CallSettings(
-        kwargs, effective, sources, negative, options.scheduler, notes, loras, fuse, syntax, preview, *variation
+        kwargs,
+        effective,
+        sources,
+        negative,
+        options.scheduler,
+        notes,
+        loras,
+        fuse,
+        syntax,
+        preview,
+        *variation,
+        *refine,
     )
 
 

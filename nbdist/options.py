@@ -11,6 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .errors import NbdistUsageError
 from .placement import validate_placement
@@ -59,6 +60,9 @@ class GenerateOptions:
     preview: str = "auto"  # --preview auto|taesd[=PATH]|off: the image while it denoises (preview_choice.py)
     variation_seed: int | None = None  # image i's initial noise blended with seed variation_seed + i's
     variation_strength: float | None = None  # how far (slerp) towards that noise: 0 is the image itself
+    init: Any = None  # --init: a path, PIL image, ImageRecord or a list (one per prompt); planned: path(s)
+    strength: float | None = None  # --strength with --init: how much of the denoising is redone
+    upscale: float | None = None  # --upscale with --init: resize the init by this factor first (hires fix)
 
     def with_(self, **changes: object) -> GenerateOptions:
         """A copy with some fields changed (``dataclasses.replace`` under a shorter name)."""

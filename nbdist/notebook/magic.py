@@ -22,6 +22,7 @@ from ..options import NbdistUsageError
 from ..parent.api import generate, shutdown, status
 from ..parent.output.report import end_lines, setup_refusal
 from ..parent.output.terminal import TerminalProgress
+from ..parent.planning.init_images import lookup_init
 from ..parent.pool.warm_pool import the_pool
 from ..parent.results.actions import show_runs_with
 from ..parent.results.result import GenerationResult
@@ -124,6 +125,8 @@ class DistgenMagics(Magics):
             model = self._model(args, ns)
             prompts = _prompts(args, line, cell, ns, as_cell=as_cell)
             options = options_from_args(args)
+            if isinstance(options.init, str):  # --init res[3]: a record, image or list of the namespace
+                options = options.with_(init=lookup_init(options.init, ns))
             keep = [_StoreResult(ns, args.out)] if args.out and not args.background else []
             shows = (
                 [Gallery(background=args.background)]  # a background run: the gallery keeps its own static copy

@@ -14,6 +14,7 @@ from typing import Any
 from ..call_settings import CallSettings, call_parameters
 from ..jobs import ImageJob
 from ..sweep import job_call
+from .img2img import img2img_call
 from .prompt_weights import needs_compel, prompt_embeddings
 from .variations import blended_latents
 
@@ -96,11 +97,14 @@ def run_batch(
     import torch
 
     kwargs, negative, _, steps = job_call(call, jobs[0].settings)  # a batch shares its sweep values
+    target = pipe
+    if getattr(call, "init", None):  # --init: the image-to-image form of the same pipeline
+        target, kwargs, steps = img2img_call(pipe, jobs, call, kwargs, steps)
     if negative is not None:
         kwargs["negative_prompt"] = [negative] * len(jobs)
     if on_step is not None or should_stop is not None or preview is not None:
         reporter = StepReporter(on_step or _ignore, steps, should_stop=should_stop, preview=preview)
-        kwargs.update(step_callback(pipe, reporter))
+        kwargs.update(step_callback(target, reporter))
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
     size = (kwargs.get("height") or call.effective.get("height"), kwargs.get("width") or call.effective.get("width"))
     latents = blended_latents(pipe, jobs, call, generators, size)  # --variation-seed: the blended initial noise
@@ -112,7 +116,7 @@ def run_batch(
         if needs_compel(pipe, prompts, negative, call.prompt_syntax):  # (word:1.3) or past 77 tokens
             kwargs.pop("negative_prompt", None)
             text = prompt_embeddings(pipe, prompts, negative)
-        out = pipe(generator=generators, output_type="np", **text, **kwargs)
+        out = target(generator=generators, output_type="np", **text, **kwargs)
     return to_images(out, len(jobs))
 
 

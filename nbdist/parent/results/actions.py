@@ -15,7 +15,7 @@ from typing import Any
 
 from .cell import image_options
 
-__all__ = ["show_runs_with", "start_run", "vary"]
+__all__ = ["refine", "show_runs_with", "start_run", "vary"]
 
 # Set by the notebook layer (``%load_ext nbdist``): the observers that draw a run in the current cell.
 _live_display: Callable[[bool], list[Any] | None] | None = None
@@ -44,6 +44,16 @@ def vary(record: Any, n: int = 8, strength: float = 0.2, seed: int | None = None
         "sweep": {"variation_seed": [start + j for j in range(n)]},
     }
     return start_run(record, [record.prompt], {**changes, **options})
+
+
+def refine(record: Any, prompt: str | None = None, strength: float = 0.4, **options: Any) -> Any:
+    """Image-to-image from ``record`` (its prompt unless ``prompt`` is given), with its seed and settings.
+
+    ``strength``: how much of the denoising is redone (0.4 keeps the composition); ``upscale=2`` makes
+    it a hires-fix pass. The run uses the pipeline's img2img form inside the same warm workers.
+    """
+    changes = {"init": record, "strength": strength, **options}
+    return start_run(record, [record.prompt if prompt is None else prompt], changes)
 
 
 def start_run(record: Any, prompts: Sequence[str], changes: dict[str, Any]) -> Any:

@@ -63,6 +63,13 @@ class ImageRecord:
 
         return vary(self, n, strength, seed, **options)
 
+    def refine(self, prompt: str | None = None, strength: float = 0.4, **options: Any) -> Any:
+        """Image-to-image from this image on the same workers (its seed and settings; ``prompt`` defaults to its
+        own); ``strength`` is how much is redone, ``upscale=2`` a hires-fix pass. Returns the run's result."""
+        from .actions import refine
+
+        return refine(self, prompt, strength, **options)
+
 
 @dataclass
 class WorkerFailure:
