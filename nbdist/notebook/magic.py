@@ -144,6 +144,7 @@ class DistgenMagics(Magics):
             for show in shows:
                 if isinstance(show, Gallery):
                     show.allow_stop(result.cancel)  # the kernel is free: the gallery's Stop reaches it
+                    show.allow_actions_during(result)  # and its viewer's More like this / Refine
             if args.out:
                 ns[args.out] = result
             return None

@@ -62,7 +62,9 @@ def start_run(record: Any, prompts: Sequence[str], changes: dict[str, Any]) -> A
 
     run = record.run
     background = bool(changes.pop("background", False))
+    observers = changes.pop("observers", None)
     options = image_options(run.options, record.job).with_(save_dir=None, overwrite=False)
     options = options.with_(**{"variation_seed": None, "variation_strength": None, **changes})
-    observers = _live_display(background) if _live_display is not None else None
+    if observers is None and _live_display is not None:
+        observers = _live_display(background)
     return generate(run.model, list(prompts), options=options, observers=observers, background=background)
