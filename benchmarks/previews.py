@@ -9,8 +9,9 @@ binary buffers) per image that reached the front end.
 
     python benchmarks/previews.py [--models demo,cpu] [--prompts 12] [-n 2] [--repeat 3]
 
-``cpu`` is the tiny random pipeline of that size (128 px, slow steps); ``demo`` the shipped demo model
-(64 px, 15 fast steps); any other value is a model folder or hub id.
+``cpu`` is the tiny random pipeline of that size (128 px, ~0.4 s steps; ``--cpu-steps``, default 4, as
+the other benchmarks); ``demo`` the shipped demo model (64 px, its own 15 fast steps); any other value is
+a model folder or hub id.
 """
 
 from __future__ import annotations
@@ -57,10 +58,11 @@ def model_of(name: str) -> str:
     return name
 
 
-def measure(kernel: Kernel, model: str, prompts: int, n: int, repeat: int) -> dict[str, object]:
+def measure(kernel: Kernel, model: str, prompts: int, n: int, repeat: int, steps: int | None) -> dict[str, object]:
     """Interleaved off/auto cells on warm workers; the previews one run makes, counted by ``on_preview``."""
     lines = "\n".join(f"benchmark prompt number {i}" for i in range(prompts))
-    cells = {mode: f"%%distgen --model {model} -n {n} --seed 0 --preview {mode}\n{lines}" for mode in ("off", "auto")}
+    flags = f"-n {n} --seed 0" + (f" --steps {steps}" if steps else "")
+    cells = {mode: f"%%distgen --model {model} {flags} --preview {mode}\n{lines}" for mode in ("off", "auto")}
     run_cell(kernel, cells["off"])  # imports, load, fork: not measured
     runs: dict[str, list[Cell]] = {"off": [], "auto": []}
     for _ in range(repeat):
@@ -68,7 +70,7 @@ def measure(kernel: Kernel, model: str, prompts: int, n: int, repeat: int) -> di
             runs[mode].append(run_cell(kernel, cells[mode]))
     prompt_list = [f"benchmark prompt number {i}" for i in range(prompts)]
     count = kernel.value(
-        f"(lambda made: (nbdist.generate({model!r}, {prompt_list!r}, seed=0, num_processes={n}, "
+        f"(lambda made: (nbdist.generate({model!r}, {prompt_list!r}, seed=0, num_processes={n}, steps={steps!r}, "
         "on_preview=lambda i, s, im: made.append(s)), len(made))[1])([])"
     )
     return {"runs": runs, "previews": count}
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("-n", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cpu-steps", type=int, default=4, help="steps for the tiny pipelines (demo: its own 15)")
     args = parser.parse_args(argv)
     lines = [
         f"{args.prompts} images, -n {args.n}, median of {args.repeat} interleaved warm cells (live gallery)",
@@ -106,10 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     with Kernel() as kernel:
         assert kernel.execute("%load_ext nbdist\nimport nbdist").error is None
         for name in args.models.split(","):
-            found = measure(kernel, model_of(name), args.prompts, args.n, args.repeat)
-            lines += table(name, found, args.prompts)
+            steps = args.cpu_steps if name in ("tiny", "cpu") else None
+            found = measure(kernel, model_of(name), args.prompts, args.n, args.repeat, steps)
+            lines += table(name + (f" ({steps} steps)" if steps else ""), found, args.prompts)
             kernel.execute("%distgen --shutdown")
-    print("\n".join(lines))
+            print("\n".join(lines), flush=True)
+            lines = []
 
 
 if __name__ == "__main__":

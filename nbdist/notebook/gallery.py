@@ -45,6 +45,7 @@ from ..parent.output.static_html import (
     result_html,
     static_copy,
 )
+from ..parent.output.vscode import in_vscode
 from ..parent.results.observer import RunInfo
 from .gallery_actions import GalleryActions, tile_cells
 from .gallery_state import GalleryState, HeaderView, TileState, format_seconds
@@ -85,7 +86,8 @@ class Gallery:
         self._records: Callable[[], list[Any]] = lambda: list(self._result.records) if self._result else []
         if panel_of is not None:
             fallback = False  # its comm answer has no cell to print text into
-        self.background = background  # no Out[] will follow: the gallery keeps a static copy in the cell
+        # no Out[] will follow: the gallery keeps a static copy in the cell (not in VS Code: it would show both)
+        self.background = background and not in_vscode()
         self.static_interval = static_interval
         self._static_id = f"nbdist-static-{secrets.token_hex(8)}"
         self._static_at = float("-inf")

@@ -201,9 +201,13 @@ class GenerationResult(RecordSequence):
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(repr(self))
 
-    def _repr_html_(self) -> str:
+    def _repr_html_(self) -> str | None:
         """The static gallery (inline thumbnails): what a saved notebook or nbconvert shows."""
         from ..output.static_html import result_html
+        from ..output.vscode import in_vscode
+
+        if self.display_token is not None and in_vscode():  # VS Code shows both: its live gallery is the one
+            return None
 
         return result_html(self)
 
