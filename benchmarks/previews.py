@@ -29,9 +29,10 @@ from kernel import Execution, Kernel
 
 @dataclass
 class Cell:
-    """One measured cell: wall seconds, widget update messages and their bytes."""
+    """One measured cell: wall seconds, the workers' median seconds per image, widget messages and bytes."""
 
     wall: float
+    image: float
     messages: int
     bytes: int
 
@@ -40,7 +41,33 @@ def run_cell(kernel: Kernel, code: str) -> Cell:
     ex = kernel.execute(code, timeout=900)
     if ex.error:
         raise RuntimeError(f"{ex.error['ename']}: {ex.error['evalue']}")
-    return Cell(ex.wall, *_traffic(ex))
+    image = kernel.value("sorted(r.seconds for r in res)[len(res) // 2]")  # measured in the worker, per image
+    return Cell(ex.wall, image, *_traffic(ex))
+
+
+def preview_milliseconds(model: str, repeat: int = 200) -> float:
+    """One preview of one image (the linear map and the JPEG), timed here on one thread: what a worker adds."""
+    import time
+
+    import torch
+
+    from nbdist.call_settings import default_size
+    from nbdist.pipelines import load_pipeline
+    from nbdist.preview_choice import parse_preview
+    from nbdist.worker.previews import Previews, jpegs
+
+    torch.set_num_threads(1)
+    pipe = load_pipeline(model, "float32")
+    decode = Previews().decoder(pipe, parse_preview("auto"))
+    height, width = default_size(pipe)
+    scale = pipe.vae_scale_factor
+    latents = torch.randn(1, pipe.unet.config.in_channels, (height or 512) // scale, (width or 512) // scale)
+    with torch.inference_mode():
+        jpegs(decode(latents))
+        start = time.perf_counter()
+        for _ in range(repeat):
+            jpegs(decode(latents))
+    return 1000 * (time.perf_counter() - start) / repeat
 
 
 def _traffic(ex: Execution) -> tuple[int, int]:
@@ -62,7 +89,7 @@ def measure(kernel: Kernel, model: str, prompts: int, n: int, repeat: int, steps
     """Interleaved off/auto cells on warm workers; the previews one run makes, counted by ``on_preview``."""
     lines = "\n".join(f"benchmark prompt number {i}" for i in range(prompts))
     flags = f"-n {n} --seed 0" + (f" --steps {steps}" if steps else "")
-    cells = {mode: f"%%distgen --model {model} {flags} --preview {mode}\n{lines}" for mode in ("off", "auto")}
+    cells = {mode: f"%%distgen --model {model} {flags} --preview {mode} -o res\n{lines}" for mode in ("off", "auto")}
     run_cell(kernel, cells["off"])  # imports, load, fork: not measured
     runs: dict[str, list[Cell]] = {"off": [], "auto": []}
     for _ in range(repeat):
@@ -73,22 +100,33 @@ def measure(kernel: Kernel, model: str, prompts: int, n: int, repeat: int, steps
         f"(lambda made: (nbdist.generate({model!r}, {prompt_list!r}, seed=0, num_processes={n}, steps={steps!r}, "
         "on_preview=lambda i, s, im: made.append(s)), len(made))[1])([])"
     )
-    return {"runs": runs, "previews": count}
+    return {"runs": runs, "previews": count, "ms": preview_milliseconds(model)}
 
 
 def table(name: str, found: dict[str, object], prompts: int) -> list[str]:
     runs: dict[str, list[Cell]] = found["runs"]  # type: ignore[assignment]
     off = statistics.median(c.wall for c in runs["off"])
+    off_image = statistics.median(c.image for c in runs["off"])
+    per_image = int(found["previews"]) / prompts  # type: ignore[call-overload]
     rows = []
     for mode in ("off", "auto"):
-        wall = statistics.median(c.wall for c in runs[mode])
+        wall, image = statistics.median(c.wall for c in runs[mode]), statistics.median(c.image for c in runs[mode])
         messages = statistics.median(c.messages for c in runs[mode]) / prompts
         size = statistics.median(c.bytes for c in runs[mode]) / prompts / 1024
-        overhead = f"{100 * (wall / off - 1):+.1f} %" if mode == "auto" else "baseline"
-        previews = f"{int(found['previews']) / prompts:.1f}" if mode == "auto" else "0"  # type: ignore[call-overload]
-        rows.append(
-            f"| {name} | --preview {mode} | {wall:.2f} | {overhead} | {previews} | {messages:.1f} | {size:.1f} |"
-        )
+        versus = f"{100 * (wall / off - 1):+.1f} % / {100 * (image / off_image - 1):+.1f} %" if mode == "auto" else "–"
+        cost = per_image * float(found["ms"]) / 1000 / off_image  # type: ignore[arg-type]
+        made = f"{per_image:.1f} × {float(found['ms']):.2f} ms = {100 * cost:.1f} %" if mode == "auto" else "–"  # type: ignore[arg-type]
+        cells = [
+            name,
+            f"--preview {mode}",
+            f"{wall:.2f}",
+            f"{image:.3f}",
+            versus,
+            made,
+            f"{messages:.1f}",
+            f"{size:.1f}",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
@@ -103,8 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"{args.prompts} images, -n {args.n}, median of {args.repeat} interleaved warm cells (live gallery)",
         "",
-        "| model | cell | wall s | vs off | previews per image | widget updates per image | widget KiB per image |",
-        "|---|---|---|---|---|---|---|",
+        "| model | cell | wall s | worker s/image | vs off (wall / image) | previews/image × ms each = share "
+        "of an image | widget updates/image | widget KiB/image |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     with Kernel() as kernel:
         assert kernel.execute("%load_ext nbdist\nimport nbdist").error is None
