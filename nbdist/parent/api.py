@@ -21,6 +21,7 @@ from .planning.plan import make_options, plan_run
 from .planning.prompt_check import truncation_warning
 from .pool.run import RunHandle
 from .pool.warm_pool import PoolStatus, current_status, shutdown_pool, the_pool
+from .results.actions import run_with
 from .results.observer import RunObserver
 from .results.previews import PreviewCallback, wants_previews
 from .results.result import GenerationResult
@@ -154,3 +155,6 @@ def shutdown() -> bool:
 def status() -> PoolStatus:
     """The warm workers: model, devices, pids, idle time and idle timeout."""
     return current_status()
+
+
+run_with(generate)  # res[i].vary() and .refine() start their runs with it (results/actions.py)

@@ -15,10 +15,19 @@ from typing import Any
 
 from .cell import image_options
 
-__all__ = ["refine", "show_runs_with", "start_run", "vary"]
+__all__ = ["refine", "run_with", "show_runs_with", "start_run", "vary"]
 
 # Set by the notebook layer (``%load_ext nbdist``): the observers that draw a run in the current cell.
 _live_display: Callable[[bool], list[Any] | None] | None = None
+# Set by ``parent/api.py`` when it is imported: ``nbdist.generate``. Handed in rather than imported, as
+# the API imports the results (a record's ``vary`` importing the API would close a circle).
+_generate: Callable[..., Any] | None = None
+
+
+def run_with(generate: Callable[..., Any]) -> None:
+    """The function that starts runs (``nbdist.generate``)."""
+    global _generate
+    _generate = generate
 
 
 def show_runs_with(factory: Callable[[bool], list[Any] | None] | None) -> None:
@@ -58,8 +67,10 @@ def refine(record: Any, prompt: str | None = None, strength: float = 0.4, **opti
 
 def start_run(record: Any, prompts: Sequence[str], changes: dict[str, Any]) -> Any:
     """A run on the record's model and workers, with its settings changed by ``changes``."""
-    from ..api import generate
+    if _generate is None:
+        import nbdist  # noqa: F401 - importing the package imports the API, which hands over generate
 
+    assert _generate is not None
     run = record.run
     background = bool(changes.pop("background", False))
     observers = changes.pop("observers", None)
@@ -67,4 +78,4 @@ def start_run(record: Any, prompts: Sequence[str], changes: dict[str, Any]) -> A
     options = options.with_(**{"variation_seed": None, "variation_strength": None, **changes})
     if observers is None and _live_display is not None:
         observers = _live_display(background)
-    return generate(run.model, list(prompts), options=options, observers=observers, background=background)
+    return _generate(run.model, list(prompts), options=options, observers=observers, background=background)
