@@ -138,3 +138,24 @@ def test_taesd_previews_from_a_local_folder(tiny_model: str, tmp_path: Path) -> 
     assert result.complete
     assert {index for index, _ in calls} == {0, 1}
     assert all(1 <= step <= 4 for _, step in calls) and (0, 4) in calls and (1, 4) in calls
+
+
+def test_a_preview_shows_in_its_tile_until_the_image_replaces_it() -> None:
+    from nbdist.jobs import make_jobs
+    from nbdist.messages import ImageReady, StepPreview
+    from nbdist.notebook.gallery_state import GalleryState
+    from nbdist.options import GenerateOptions
+    from nbdist.parent.results.observer import RunInfo
+    from nbdist.worker.outbox import thumbnail_jpeg
+
+    run = RunInfo(make_jobs(["a dog", "a cat"], 1, 0), GenerateOptions(steps=8, seed=0), "m", 0, 1, "cpu", 64, 64)
+    state = GalleryState(run)
+    jpeg = thumbnail_jpeg(Image.new("RGB", (96, 96), "blue"), 96)
+    state.apply(StepPreview(1, 0, 4, 8, jpeg))
+    tile = state.tiles[1]
+    assert (tile.status, tile.step, tile.preview, tile.thumbnail) == ("running", 4, jpeg, b"")
+    assert [t.index for t in state.take_dirty()] == [1]
+    final = Image.new("RGB", (64, 64), "red")
+    state.apply(ImageReady(1, 0, "cpu", 0.1, "RGB", final.size, final.tobytes(), thumbnail_jpeg(final, 256)))
+    state.apply(StepPreview(1, 0, 8, 8, jpeg))  # a late preview never hides the finished image
+    assert tile.status == "done" and tile.preview == b"" and tile.thumbnail[:2] == b"\xff\xd8"

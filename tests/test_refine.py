@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from demo_calls import demo_pipe, plain_call
 from kernel import assert_usage_error
 from PIL import Image
 
@@ -18,23 +19,11 @@ PROMPTS = ["a red circle on a blue background", "a yellow square on a black back
 def _plain_img2img(init: Image.Image, prompt: str, seed: int, strength: float) -> np.ndarray:
     """``AutoPipelineForImage2Image.from_pipe(pipe)(prompt, image=init, strength=s, generator=...)`` on the demo."""
     import torch
-    from diffusers import AutoPipelineForImage2Image, StableDiffusionPipeline
+    from diffusers import AutoPipelineForImage2Image
 
-    from nbdist.demo import demo_model, demo_settings
-
-    pipe = AutoPipelineForImage2Image.from_pipe(StableDiffusionPipeline.from_pretrained(demo_model()))
-    pipe.set_progress_bar_config(disable=True)
-    settings = demo_settings()
-    out = pipe(
-        prompt,
-        image=init,
-        strength=strength,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        num_inference_steps=int(settings["steps"]),
-        guidance_scale=float(settings["guidance"]),
-        output_type="np",
-    )
-    return np.round(out.images[0] * 255)
+    pipe = AutoPipelineForImage2Image.from_pipe(demo_pipe())
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return plain_call(pipe, prompt, image=init, strength=strength, generator=generator)
 
 
 def test_refine_runs_on_the_warm_workers_and_equals_plain_diffusers(kernel, tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ seed's noise as ``latents=`` (within 2/255), strength 0 must be the original ima
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
+from demo_calls import demo_pipe, plain_call
 from PIL import Image
 
 from nbdist.options import GenerateOptions, NbdistUsageError
@@ -19,39 +19,18 @@ from nbdist.options import GenerateOptions, NbdistUsageError
 PROMPTS = ["a red circle on a blue background", "a yellow square on a black background"]
 
 
-@functools.cache
-def _demo_pipe():
-    from diffusers import StableDiffusionPipeline
-
-    from nbdist.demo import demo_model
-
-    pipe = StableDiffusionPipeline.from_pretrained(demo_model())
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _plain_variation(prompt: str, seed: int, variation_seed: int, strength: float) -> np.ndarray:
     """The image made by a plain diffusers call from the blended noise (the demo model at its own settings)."""
     import torch
 
-    from nbdist.demo import demo_settings
     from nbdist.worker.variations import slerp
 
-    pipe = _demo_pipe()
+    pipe = demo_pipe()
     generator = torch.Generator("cpu").manual_seed(seed)
     shape = (1, pipe.unet.config.in_channels, 64 // pipe.vae_scale_factor, 64 // pipe.vae_scale_factor)
     own = torch.randn(shape, generator=generator)
     other = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(variation_seed))
-    settings = demo_settings()
-    out = pipe(
-        prompt,
-        latents=slerp(strength, own, other),
-        generator=generator,
-        num_inference_steps=int(settings["steps"]),
-        guidance_scale=float(settings["guidance"]),
-        output_type="np",
-    )
-    return np.round(out.images[0] * 255)
+    return plain_call(pipe, prompt, latents=slerp(strength, own, other), generator=generator)
 
 
 def test_vary_runs_on_the_warm_workers_and_equals_plain_diffusers(kernel, tmp_path: Path) -> None:

@@ -59,11 +59,7 @@ def generate(
     prompts = list(prompts)
     if isinstance(model_or_pipe, str):
         model_or_pipe = resolve_model(model_or_pipe)  # "demo": the shipped demo model, no hub lookup
-    if observers is None:
-        observers = _default_observers(opts)
-    observers = [*observers, *([PreviewCallback(on_preview)] if on_preview is not None else [])]
-    if not wants_previews(observers):  # nobody shows them: the workers make none
-        opts = opts.with_(preview="off") if opts.preview != "off" else opts
+    observers, opts = _with_previews(_default_observers(opts) if observers is None else observers, opts, on_preview)
     report = _phase_reporter(observers)
     with phases.reporting(report):
         plan = plan_run(model_or_pipe, prompts, opts)
@@ -82,6 +78,16 @@ def generate(
     if background:
         return handle
     return wait_interruptibly(handle)
+
+
+def _with_previews(
+    observers: Sequence[RunObserver], options: GenerateOptions, on_preview: Callable[..., object] | None
+) -> tuple[list[RunObserver], GenerateOptions]:
+    """``on_preview`` as one more observer; with no observer that shows previews the workers make none."""
+    observers = [*observers, *([PreviewCallback(on_preview)] if on_preview is not None else [])]
+    if not wants_previews(observers) and options.preview != "off":
+        options = options.with_(preview="off")
+    return observers, options
 
 
 def _phase_reporter(observers: Sequence[RunObserver]) -> Callable[[str], None] | None:
