@@ -82,7 +82,9 @@ def model_of(name: str) -> str:
         from nbdist.tiny import ensure_tiny_pipeline
 
         return str(ensure_tiny_pipeline(name))
-    return name
+    from nbdist.pipelines import resolve_model
+
+    return resolve_model(name)  # demo: the shipped demo model's folder
 
 
 def measure(kernel: Kernel, model: str, prompts: int, n: int, repeat: int, steps: int | None) -> dict[str, object]:
