@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from dataclasses import dataclass
@@ -36,16 +37,30 @@ class Cell:
 
     wall: float
     image: float
+    worker_cpu: float  # CPU seconds of all workers for the cell
+    kernel_cpu: float
     messages: int
     bytes: int
 
 
-def run_cell(kernel: Kernel, code: str) -> Cell:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds these processes have used so far (``/proc/PID/stat``)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_cell(kernel: Kernel, code: str, workers: list[int]) -> Cell:
+    """One cell; with the CPU time its workers and the kernel used, which other work on the machine moves less."""
+    before = cpu_seconds(workers), cpu_seconds([kernel.pid])
     ex = kernel.execute(code, timeout=900)
     if ex.error:
         raise RuntimeError(f"{ex.error['ename']}: {ex.error['evalue']}")
+    spent = cpu_seconds(workers) - before[0], cpu_seconds([kernel.pid]) - before[1]
     image = kernel.value("sorted(r.seconds for r in res)[len(res) // 2]")  # measured in the worker, per image
-    return Cell(ex.wall, image, *_traffic(ex))
+    return Cell(ex.wall, image, *spent, *_traffic(ex))
 
 
 def preview_milliseconds(model: str, repeat: int = 200) -> float:
@@ -95,11 +110,12 @@ def measure(kernel: Kernel, model: str, prompts: int, n: int, repeat: int, steps
     lines = "\n".join(f"benchmark prompt number {i}" for i in range(prompts))
     flags = f"-n {n} --seed 0" + (f" --steps {steps}" if steps else "")
     cells = {mode: f"%%distgen --model {model} {flags} --preview {mode} -o res\n{lines}" for mode in ("off", "auto")}
-    run_cell(kernel, cells["off"])  # imports, load, fork: not measured
+    kernel.execute(cells["off"], timeout=900)  # imports, load, fork: not measured
+    workers = kernel.value("[w.pid for w in res.workers.values()]")
     runs: dict[str, list[Cell]] = {"off": [], "auto": []}
     for turn in range(repeat):
         for mode in ("off", "auto") if turn % 2 == 0 else ("auto", "off"):  # ABBA: a drift hits both alike
-            runs[mode].append(run_cell(kernel, cells[mode]))
+            runs[mode].append(run_cell(kernel, cells[mode], workers))
     prompt_list = [f"benchmark prompt number {i}" for i in range(prompts)]
     count = kernel.value(
         f"(lambda made: (nbdist.generate({model!r}, {prompt_list!r}, seed=0, num_processes={n}, steps={steps!r}, "
@@ -108,29 +124,30 @@ def measure(kernel: Kernel, model: str, prompts: int, n: int, repeat: int, steps
     return {"runs": runs, "previews": count, "ms": preview_milliseconds(model)}
 
 
+def _medians(cells: list[Cell], prompts: int) -> dict[str, float]:
+    """Per image where it applies: wall and worker seconds, CPU of workers and kernel, widget traffic."""
+    return {
+        "wall": statistics.median(c.wall for c in cells),
+        "image": statistics.median(c.image for c in cells),
+        "worker": statistics.median(c.worker_cpu for c in cells) / prompts,
+        "kernel": statistics.median(c.kernel_cpu for c in cells) / prompts,
+        "messages": statistics.median(c.messages for c in cells) / prompts,
+        "kib": statistics.median(c.bytes for c in cells) / prompts / 1024,
+    }
+
+
 def table(name: str, found: dict[str, object], prompts: int) -> list[str]:
     runs: dict[str, list[Cell]] = found["runs"]  # type: ignore[assignment]
-    off = statistics.median(c.wall for c in runs["off"])
-    off_image = statistics.median(c.image for c in runs["off"])
-    per_image = int(found["previews"]) / prompts  # type: ignore[call-overload]
+    off = _medians(runs["off"], prompts)
+    per_image, ms = int(found["previews"]) / prompts, float(found["ms"])  # type: ignore[call-overload, arg-type]
     rows = []
     for mode in ("off", "auto"):
-        wall, image = statistics.median(c.wall for c in runs[mode]), statistics.median(c.image for c in runs[mode])
-        messages = statistics.median(c.messages for c in runs[mode]) / prompts
-        size = statistics.median(c.bytes for c in runs[mode]) / prompts / 1024
-        versus = f"{100 * (wall / off - 1):+.1f} % / {100 * (image / off_image - 1):+.1f} %" if mode == "auto" else "–"
-        cost = per_image * float(found["ms"]) / 1000 / off_image  # type: ignore[arg-type]
-        made = f"{per_image:.1f} × {float(found['ms']):.2f} ms = {100 * cost:.1f} %" if mode == "auto" else "–"  # type: ignore[arg-type]
-        cells = [
-            name,
-            f"--preview {mode}",
-            f"{wall:.2f}",
-            f"{image:.3f}",
-            versus,
-            made,
-            f"{messages:.1f}",
-            f"{size:.1f}",
-        ]
+        got = _medians(runs[mode], prompts)
+        versus = " / ".join(f"{100 * (got[k] / off[k] - 1):+.1f} %" for k in ("wall", "image", "worker"))
+        made = f"{per_image:.1f} × {ms:.2f} ms = {100 * per_image * ms / 1000 / off['image']:.1f} %"
+        cells = [name, f"--preview {mode}", f"{got['wall']:.2f}", f"{got['image']:.3f}", f"{got['worker']:.3f}"]
+        cells += [f"{1000 * got['kernel']:.0f}", versus if mode == "auto" else "–", made if mode == "auto" else "–"]
+        cells += [f"{got['messages']:.1f}", f"{got['kib']:.1f}"]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -146,9 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"{args.prompts} images, -n {args.n}, median of {args.repeat} interleaved warm cells (live gallery)",
         "",
-        "| model | cell | wall s | worker s/image | vs off (wall / image) | previews/image × ms each = share "
-        "of an image | widget updates/image | widget KiB/image |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | cell | wall s | worker s/image | worker CPU s/image | kernel CPU ms/image "
+        "| vs off (wall / s per image / worker CPU) | previews/image × ms each = share of an image "
+        "| widget updates/image | widget KiB/image |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     with Kernel() as kernel:
         assert kernel.execute("%load_ext nbdist\nimport nbdist").error is None
