@@ -52,8 +52,8 @@ class ImageRecord:
         """The ``%%distgen`` cell that makes this image again, alone: model, settings, its seed, its prompt."""
         from .cell import image_cell, image_options, model_name
 
-        options = image_options(self.run.options, self.job)
-        return image_cell(model_name(self.run.model), self.prompt, options)
+        job = self.job  # first: it says so when the record belongs to no run
+        return image_cell(model_name(self.run.model), self.prompt, image_options(self.run.options, job))
 
     def vary(self, n: int = 8, strength: float = 0.2, seed: int | None = None, **options: Any) -> Any:
         """``n`` variations of this image on the same workers: its initial noise blended (slerp) with that
