@@ -57,7 +57,7 @@ def test_previews_reach_on_preview_and_the_gallery_tiles(kernel) -> None:
     previews = [b["preview"] for b in sent if b.get("preview")]
     finals = [b for b in sent if b.get("thumbnail")]
     assert previews and all(p[:2] == b"\xff\xd8" and Image.open(io.BytesIO(p)).size == (96, 96) for p in previews)
-    assert len(finals) == 2 and all(b.get("preview") == b"" for b in finals)  # the preview dropped with it
+    assert len(finals) == 2 and all(b.get("preview", b"") == b"" for b in finals)  # the preview dropped with it
 
     ex = kernel.execute(
         "n = []\nnbdist.generate('demo', ['a red circle on a blue background'], seed=0, num_processes=2, "
