@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import NbdistUsageError
 
-__all__ = ["PREVIEW_MODES", "PreviewChoice", "parse_preview"]
+__all__ = ["PREVIEW_MODES", "PreviewChoice", "check_preview", "parse_preview", "published_taesd", "vae_family_key"]
 
 PREVIEW_MODES = ("auto", "taesd", "off")
+FAMILY_VAE_BLOCKS = (128, 256, 512, 512)  # the SD, SDXL, SD3 and Flux VAEs; a tiny or trained-here one differs
+# (latent channels, VAE scaling factor) -> the published tiny autoencoder for those latents
+TAESD_IDS = {
+    (4, 0.18215): "madebyollin/taesd",
+    (4, 0.13025): "madebyollin/taesdxl",
+    (16, 1.5305): "madebyollin/taesd3",
+    (16, 0.3611): "madebyollin/taef1",
+}
 
 
 @dataclass(frozen=True)
@@ -38,3 +47,28 @@ def parse_preview(text: str | None) -> PreviewChoice:
     if source is not None and source.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(source)):
         raise NbdistUsageError(f"--preview taesd={source}: no such folder")
     return PreviewChoice(mode, source)
+
+
+def vae_family_key(vae: Any) -> tuple[int, float] | None:
+    """(latent channels, scaling factor) of a VAE shaped like the published families', else None."""
+    config = vae.config
+    if tuple(getattr(config, "block_out_channels", ()) or ()) != FAMILY_VAE_BLOCKS:
+        return None
+    return int(config.latent_channels), round(float(getattr(config, "scaling_factor", 1.0) or 1.0), 5)
+
+
+def published_taesd(vae: Any) -> str | None:
+    """The hub id of the TAESD made for this VAE's latents, or None (a VAE of no published family)."""
+    key = vae_family_key(vae)
+    return TAESD_IDS.get(key) if key is not None else None
+
+
+def check_preview(pipe: Any, text: str | None) -> None:
+    """``--preview taesd`` without a PATH needs a family with a published TAESD: said before anything starts."""
+    choice = parse_preview(text)
+    vae = getattr(pipe, "vae", None)
+    if choice.mode == "taesd" and choice.source is None and vae is not None and published_taesd(vae) is None:
+        raise NbdistUsageError(
+            f"--preview taesd: no published TAESD for {type(pipe).__name__}'s VAE; "
+            "give one with --preview taesd=PATH_OR_HUB_ID, or use --preview auto"
+        )

@@ -159,3 +159,10 @@ def test_a_preview_shows_in_its_tile_until_the_image_replaces_it() -> None:
     state.apply(ImageReady(1, 0, "cpu", 0.1, "RGB", final.size, final.tobytes(), thumbnail_jpeg(final, 256)))
     state.apply(StepPreview(1, 0, 8, 8, jpeg))  # a late preview never hides the finished image
     assert tile.status == "done" and tile.preview == b"" and tile.thumbnail[:2] == b"\xff\xd8"
+
+
+def test_taesd_without_a_path_needs_a_published_family(tiny_model: str) -> None:
+    import nbdist
+
+    with pytest.raises(NbdistUsageError, match="no published TAESD"):
+        nbdist.generate(tiny_model, ["a dog"], steps=1, num_processes=1, preview="taesd", on_preview=print)

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..jobs import ImageJob
 from ..messages import StepPreview
-from ..preview_choice import PreviewChoice, parse_preview
+from ..preview_choice import PreviewChoice, parse_preview, published_taesd, vae_family_key
 
 __all__ = ["KNOWN_FACTORS", "LinearMap", "PreviewHook", "Previews", "fit_linear_map", "linear_map"]
 
@@ -62,8 +62,6 @@ KNOWN_FACTORS: dict[tuple[int, float], tuple[tuple[tuple[float, ...], ...], tupl
         (-0.0329, -0.0718, -0.0851),
     ),
 }  # fmt: skip
-TAESD_IDS = {4: {0.18215: "madebyollin/taesd", 0.13025: "madebyollin/taesdxl"}, 16: {1.5305: "madebyollin/taesd3"}}
-TAESD_IDS[16][0.3611] = "madebyollin/taef1"
 
 
 @dataclass(frozen=True)
@@ -83,20 +81,9 @@ class LinearMap:
         return ((out + 1) / 2).clamp(0, 1)
 
 
-FAMILY_VAE_BLOCKS = (128, 256, 512, 512)  # the SD, SDXL, SD3 and Flux VAEs; a tiny or trained-here one differs
-
-
-def _vae_key(vae: Any) -> tuple[int, float] | None:
-    """(latent channels, scaling factor) of a VAE shaped like the published families', else None."""
-    config = vae.config
-    if tuple(getattr(config, "block_out_channels", ()) or ()) != FAMILY_VAE_BLOCKS:
-        return None
-    return int(config.latent_channels), round(float(getattr(config, "scaling_factor", 1.0) or 1.0), 5)
-
-
 def linear_map(vae: Any) -> LinearMap:
     """The published factors of this VAE's latents, else a map fitted from it (once, then from the disk cache)."""
-    key = _vae_key(vae)
+    key = vae_family_key(vae)
     known = KNOWN_FACTORS.get(key) if key is not None else None
     if known is not None:
         return LinearMap(*known)
@@ -194,8 +181,7 @@ def _taesd(vae: Any, source: str | None) -> Decode:
     import torch
     from diffusers import AutoencoderTiny
 
-    key = _vae_key(vae)
-    source = source or (TAESD_IDS.get(key[0], {}).get(key[1]) if key is not None else None)
+    source = source or published_taesd(vae)
     if source is None:
         raise ValueError("--preview taesd: no published TAESD for this VAE; give one with --preview taesd=PATH")
     param = next(vae.parameters())

@@ -20,6 +20,7 @@ from ...call_settings import CallSettings, check_params, check_scheduler, resolv
 from ...jobs import ImageJob, make_jobs
 from ...loras import PROMPT_SYNTAXES, check_lora_fits, check_lora_sweep, is_lora_axis, lora_sources, parse_loras
 from ...options import GenerateOptions, NbdistUsageError
+from ...preview_choice import check_preview
 from ...prompt_syntax import weighting_note
 from ..machine.devices import GpuChoice, choose_gpus, cpu_count, visible_gpu_count
 from ..machine.dtypes import default_dtype, family_of
@@ -171,6 +172,7 @@ def _check_call(pipe: Any, name: str, options: GenerateOptions) -> CallSettings:
     check_scheduler(pipe, options.scheduler)
     check_sweep(pipe, options.sweep)
     check_variations(pipe, options)
+    check_preview(pipe, options.preview)
     if options.init is not None:
         check_img2img(pipe)
     for lora in lora_sources(check_lora_sweep(options.loras, options.sweep), options.allow_pickle):
