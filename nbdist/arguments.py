@@ -179,6 +179,45 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
     ),
     Argument(("--variant",), {"metavar": "NAME", "help": "weights variant for from_pretrained, e.g. fp16"}),
     Argument(("--revision",), {"metavar": "REV", "help": "hub revision (branch, tag or commit) for from_pretrained"}),
+    Argument(
+        ("--preview",),
+        {
+            "default": "auto",
+            "metavar": "auto|taesd[=PATH]|off",
+            "help": "show each image while it denoises: auto (a cheap linear latent->RGB map, every few steps), "
+            "taesd (a tiny autoencoder, AutoencoderTiny: the family's published one, or PATH / a hub id) or off",
+        },
+    ),
+    Argument(
+        ("--variation-seed",),
+        {
+            "type": int,
+            "metavar": "V",
+            "help": "variations: image i's initial noise blended (slerp) with the noise of seed V+i, by "
+            "--variation-strength; the image's own seed stays (res[i].vary() sweeps V)",
+        },
+    ),
+    Argument(
+        ("--variation-strength",),
+        {
+            "type": float,
+            "metavar": "S",
+            "help": "how far towards the variation seed's noise: 0 is the image itself (default 0.2)",
+        },
+    ),
+    Argument(
+        ("--init",),
+        {
+            "metavar": "IMAGE",
+            "help": "refine (image-to-image, the same pipeline's img2img form): an image file, or in the magic "
+            "NAME / NAME[i] of the namespace (a record such as res[3], a PIL image, or a list: one per prompt)",
+        },
+    ),
+    Argument(("--strength",), {"type": float, "metavar": "S", "help": "with --init: how much is redone, 0-1"}),
+    Argument(
+        ("--upscale",),
+        {"type": float, "metavar": "F", "help": "with --init: resize it by F first (2: a hires-fix pass)"},
+    ),
 )
 
 

@@ -47,6 +47,7 @@ _RESERVED = {
     "num_images_per_prompt": "-k",
     "output_type": "nbdist",
     "callback_on_step_end": "nbdist",
+    "latents": "--variation-seed",
     "return_dict": "nbdist",
 }
 
@@ -64,6 +65,12 @@ class CallSettings:
     loras: dict[str, float] = field(default_factory=dict)  # --lora: source -> scale (a sweep may change them)
     fuse_lora: bool = False  # --fuse-lora: the workers fuse the active LoRAs into the weights
     prompt_syntax: str = "weighted"  # --prompt-syntax: "weighted" prompts go through compel where they need it
+    preview: str = "auto"  # --preview: how the workers draw an image while it denoises (preview_choice.py)
+    variation_seed: int | None = None  # --variation-seed: image i's noise blended with seed V + i's (variations.py)
+    variation_strength: float | None = None  # --variation-strength: how far towards it (0: the image itself)
+    init: str | tuple[str, ...] | None = None  # --init: the PNG(s) to refine (img2img.py), one or one per prompt
+    strength: float | None = None  # --strength: how much of the denoising is redone (None: the pipeline's)
+    upscale: float | None = None  # --upscale: the init resized by this factor first (a hires-fix pass)
 
     @property
     def steps(self) -> int:
@@ -156,7 +163,23 @@ def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> Call
     loras = dict(getattr(options, "loras", None) or {})
     fuse = bool(getattr(options, "fuse_lora", False))
     syntax = str(getattr(options, "prompt_syntax", "weighted"))
-    return CallSettings(kwargs, effective, sources, negative, options.scheduler, notes, loras, fuse, syntax)
+    preview = str(getattr(options, "preview", "auto"))
+    variation = (getattr(options, "variation_seed", None), getattr(options, "variation_strength", None))
+    refine = (getattr(options, "init", None), getattr(options, "strength", None), getattr(options, "upscale", None))
+    return CallSettings(
+        kwargs,
+        effective,
+        sources,
+        negative,
+        options.scheduler,
+        notes,
+        loras,
+        fuse,
+        syntax,
+        preview,
+        *variation,
+        *refine,
+    )
 
 
 def _unused(pipe: Any, params: dict[str, inspect.Parameter], options: GenerateOptions) -> list[str]:

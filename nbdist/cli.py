@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = resolve_model(args.model)  # --model demo: the shipped demo model, on every rank
         if env is None:
             return _plain(model, prompts, args)
-        return run_launched(model, prompts, options_from_args(args), env)
+        return run_launched(model, prompts, options_from_args(args).with_(preview="off"), env)  # no one shows them
     except NbdistUsageError as exc:
         if env is None or env.rank == 0:  # the flag named as the user wrote it (-n, -o, --out, ...)
             parser.exit(2, f"nbdist generate: error: {as_typed(str(exc), tokens, [_OUT_FLAGS])}\n")

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ImageJob", "make_jobs"]
+__all__ = ["DEFAULT_VARIATION_STRENGTH", "ImageJob", "make_jobs", "variation_of"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,22 @@ def make_jobs(
                 image_seed = base if own is None else int(own) + k
                 jobs.append(ImageJob(len(jobs), p, prompt, image_seed, params, k))
     return jobs
+
+
+# -- appended: variations (--variation-seed, worker/variations.py) ---------------------------------
+
+DEFAULT_VARIATION_STRENGTH = 0.2  # a neighbour of the image: same layout and colours, details changed
+
+
+def variation_of(job: ImageJob, call: Any) -> tuple[int, float] | None:
+    """(variation seed, strength) of an image, or None: image ``i`` uses ``--variation-seed`` + ``i``;
+    a swept ``variation_seed`` sets it (``value + k``), a swept ``variation_strength`` its strength."""
+    settings = job.settings
+    strength = settings.get("variation_strength", getattr(call, "variation_strength", None))
+    if "variation_seed" in settings:
+        seed = int(settings["variation_seed"]) + job.k
+    elif getattr(call, "variation_seed", None) is not None:
+        seed = int(call.variation_seed) + job.index
+    else:
+        return None
+    return seed, float(DEFAULT_VARIATION_STRENGTH if strength is None else strength)

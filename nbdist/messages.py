@@ -19,6 +19,7 @@ __all__ = [
     "RunCommand",
     "RunFinished",
     "RunStarted",
+    "StepPreview",
     "StepProgress",
     "WorkerFinished",
     "WorkerStarted",
@@ -133,3 +134,32 @@ class RunCommand:
 
 
 Command = RunCommand | None  # None: stop serving and exit
+
+
+# -- appended: live previews (--preview) -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepPreview:
+    """An image while it denoises: a small JPEG (~96 px) of its latents after ``step`` of ``total`` steps.
+
+    Made by the worker's cheap latent->RGB map (or TAESD) every few steps; the gallery shows the latest
+    in the image's tile until the finished image replaces it, and ``on_preview`` gets every one.
+    """
+
+    index: int
+    rank: int
+    step: int
+    total: int
+    jpeg: bytes
+
+    def to_pil(self):  # noqa: ANN201 - PIL.Image.Image, imported lazily
+        """The preview as a PIL image."""
+        import io
+
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.jpeg))
+
+
+Message = Message | StepPreview  # type: ignore[misc]  # appended here so the union above stays as it was

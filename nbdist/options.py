@@ -11,9 +11,11 @@ import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .errors import NbdistUsageError
 from .placement import validate_placement
+from .preview_choice import parse_preview
 
 __all__ = ["DTYPES", "GenerateOptions", "NbdistUsageError"]
 
@@ -56,6 +58,12 @@ class GenerateOptions:
     vae_tiling: bool = False  # the VAE decodes in tiles: big images need far less GPU memory
     overwrite: bool = False  # save_dir may hold an earlier run: replace its files (else that is refused)
     cluster: str | None = None  # a Ray cluster's address (auto, HOST:PORT, ray://HOST:PORT): actors there, not forks
+    preview: str = "auto"  # --preview auto|taesd[=PATH]|off: the image while it denoises (preview_choice.py)
+    variation_seed: int | None = None  # image i's initial noise blended with seed variation_seed + i's
+    variation_strength: float | None = None  # how far (slerp) towards that noise: 0 is the image itself
+    init: Any = None  # --init: a path, PIL image, ImageRecord or a list (one per prompt); planned: path(s)
+    strength: float | None = None  # --strength with --init: how much of the denoising is redone
+    upscale: float | None = None  # --upscale with --init: resize the init by this factor first (hires fix)
 
     def with_(self, **changes: object) -> GenerateOptions:
         """A copy with some fields changed (``dataclasses.replace`` under a shorter name)."""
@@ -103,6 +111,8 @@ class GenerateOptions:
             from .cluster_address import check_cluster_options
 
             check_cluster_options(self)
+        parse_preview(self.preview)
+        check_variation(self.variation_seed, self.variation_strength, self.sweep)
 
     def check_size(self, vae_scale_factor: int) -> None:
         """Height and width must be multiples of the pipeline's VAE scale factor (8 for SD)."""
@@ -112,6 +122,16 @@ class GenerateOptions:
                 raise NbdistUsageError(
                     f"--{name} {value} is not a multiple of {vae_scale_factor} (this pipeline's VAE scale factor)"
                 )
+
+
+def check_variation(seed: object, strength: object, sweep: dict[str, list[object]]) -> None:
+    """``--variation-seed`` a seed, ``--variation-strength`` in [0, 1], and no strength without a variation seed."""
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise NbdistUsageError(f"--variation-seed must be a non-negative integer, got {seed!r}")
+    if strength is not None and (not isinstance(strength, int | float) or not 0 <= strength <= 1):
+        raise NbdistUsageError(f"--variation-strength must be a number from 0 to 1, got {strength!r}")
+    if (strength is not None or "variation_strength" in sweep) and seed is None and "variation_seed" not in sweep:
+        raise NbdistUsageError("--variation-strength needs --variation-seed V (or --sweep variation_seed=...)")
 
 
 def check_writable_dir(path: Path) -> None:

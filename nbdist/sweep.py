@@ -15,7 +15,7 @@ from .options import NbdistUsageError
 
 __all__ = ["BUILTIN_AXES", "MAX_AXES", "axis_label", "job_call", "parse_sweep", "value_label"]
 
-BUILTIN_AXES = ("seed", "steps", "guidance", "size", "negative", "scheduler")
+BUILTIN_AXES = ("seed", "steps", "guidance", "size", "negative", "scheduler", "variation_seed", "variation_strength")
 MAX_AXES = 3
 
 
@@ -126,6 +126,6 @@ def job_call(call: Any, params: dict[str, Any]) -> tuple[dict[str, Any], str | N
             negative = value
         elif name == "scheduler":
             scheduler = value
-        elif name != "seed" and not is_lora_axis(name):  # LoRAs are the worker's adapters, not a call argument
+        elif name not in ("seed", "variation_seed", "variation_strength") and not is_lora_axis(name):  # LoRAs: adapters
             kwargs[name] = value
     return kwargs, negative, scheduler, steps

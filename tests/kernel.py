@@ -48,11 +48,11 @@ class Execution:
         return [m for m in self.messages if m.msg_type in types]
 
     def image_updates(self) -> list[Received]:
-        """Widget state updates that carry binary buffers: in nbdist's gallery, only image bytes do."""
+        """Widget state updates that carry a finished image's thumbnail (live previews left out)."""
         out = []
         for m in self.of_type("comm_msg"):
             data = m.content.get("data", {})
-            if data.get("method") == "update" and m.buffers:
+            if data.get("method") == "update" and m.buffers and ["thumbnail"] in data.get("buffer_paths", []):
                 out.append(m)
         return out
 

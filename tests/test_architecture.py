@@ -32,6 +32,7 @@ def test_messages_are_plain_picklable_dataclasses() -> None:
         messages.StepProgress(0, (1, 2), 3, 4),
         messages.ImageFailed(1, 0, "cpu", "ValueError: x", "tb"),
         messages.WorkerFinished(0),
+        messages.StepPreview(1, 0, 4, 15, b"\xff\xd8"),
     ]
     for msg in samples:
         assert pickle.loads(pickle.dumps(msg)) == msg

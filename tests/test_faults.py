@@ -75,9 +75,10 @@ def wait_gone(pids: list[int], timeout: float) -> float:
 
 
 def is_image_update(rec: Received) -> bool:
-    """A widget update that carries binary data: an image reaching the gallery."""
+    """A widget update that carries a finished image's thumbnail (not a live preview) to the gallery."""
     data = rec.content.get("data", {})
-    return rec.msg_type == "comm_msg" and bool(rec.buffers) and data.get("method") == "update"
+    finished = ["thumbnail"] in data.get("buffer_paths", [])
+    return rec.msg_type == "comm_msg" and bool(rec.buffers) and data.get("method") == "update" and finished
 
 
 class OnFirstImage:

@@ -45,7 +45,9 @@ from ..parent.output.static_html import (
     result_html,
     static_copy,
 )
+from ..parent.output.vscode import in_vscode
 from ..parent.results.observer import RunInfo
+from .gallery_actions import GalleryActions, tile_cells
 from .gallery_state import GalleryState, HeaderView, TileState, format_seconds
 from .gallery_widget import FullImage, GalleryWidget, TileModel, png_bytes
 
@@ -67,6 +69,8 @@ def _in_kernel() -> bool:
 class Gallery:
     """Draws the run in the cell output: header, tiles, and full-size images on request."""
 
+    wants_previews = True  # the tiles show each image forming (``--preview``)
+
     def __init__(
         self,
         interval: float = 0.2,
@@ -75,9 +79,15 @@ class Gallery:
         fallback_interval: float = FALLBACK_INTERVAL,
         background: bool = False,
         static_interval: float = STATIC_INTERVAL,
+        panel_of: GalleryWidget | None = None,
     ) -> None:
         self.interval = interval
-        self.background = background  # no Out[] will follow: the gallery keeps a static copy in the cell
+        self.panel_of = panel_of  # a run started from another gallery's viewer: drawn in its panels, not displayed
+        self._records: Callable[[], list[Any]] = lambda: list(self._result.records) if self._result else []
+        if panel_of is not None:
+            fallback = False  # its comm answer has no cell to print text into
+        # no Out[] will follow: the gallery keeps a static copy in the cell (not in VS Code: it would show both)
+        self.background = background and not in_vscode()
         self.static_interval = static_interval
         self._static_id = f"nbdist-static-{secrets.token_hex(8)}"
         self._static_at = float("-inf")
@@ -110,8 +120,9 @@ class Gallery:
         self._run, self._params = run, run_parameters(run)
         grids = layout(run.jobs, run.options.sweep)
         labelled = {i for g in grids if g.prompt_rows for row in g.cells for i in row}  # prompt is the row label
+        cells = tile_cells(run)
         self.tiles = {
-            tile.index: TileModel.from_state(tile, caption="" if tile.index in labelled else None)
+            tile.index: TileModel.from_state(tile, "" if tile.index in labelled else None, cells.get(tile.index, ""))
             for tile in self.state.tiles
         }
         aspect = run.width / run.height if run.height else 1.0
@@ -119,12 +130,27 @@ class Gallery:
         assert self.widget is not None
         self.widget.show_header(self.state.header())
         self._last_flush = self._clock()
+        self._allow_actions(run)
+        if self.panel_of is not None:
+            self.panel_of.panels = [*self.panel_of.panels, self.widget]
+            return
         if not shown:
             display(self.mimebundle(), raw=True)
         self._show_fallback()
         if self.background:
             display(self.static_bundle(), raw=True, display_id=self._static_id)
             self._static_at = self._clock()
+
+    def _allow_actions(self, run: RunInfo) -> None:
+        """The viewer's More like this and Refine start runs shown as panels of this gallery."""
+        assert self.widget is not None
+        parent = self.widget
+        actions = GalleryActions(run, lambda: self._records(), lambda: Gallery(panel_of=parent))
+        self.widget.on_action, self.widget.actionable = actions.handle, True
+
+    def allow_actions_during(self, handle: Any) -> None:
+        """A background run: the viewer's actions may use its finished images before it ends."""
+        self._records = lambda: list(self._result.records) if self._result else list(handle.records)
 
     def on_phase(self, text: str) -> None:
         """What the run is doing before its workers report, shown at once.
@@ -140,6 +166,8 @@ class Gallery:
             self.flush()
             return
         self._phase = text
+        if self.panel_of is not None:  # a panel shows itself once its run starts
+            return
         if self.widget is None:
             self.widget = self._new_widget([], 1.0, [])
             self.widget.show_header(self._early_header())

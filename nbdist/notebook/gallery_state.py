@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..messages import ImageFailed, ImageReady, Message, StepProgress, WorkerFinished, WorkerStarted
+from ..messages import ImageFailed, ImageReady, Message, StepPreview, StepProgress, WorkerFinished, WorkerStarted
 from ..parent.output.grid import value_text
 from ..parent.output.static_html import image_detail
 from ..parent.results.observer import RunInfo
@@ -51,6 +51,7 @@ class TileState:
     error: str = ""
     params: str = ""  # a sweep's values for this image, e.g. "guidance=4 · steps=3"
     steps: int = 0  # denoising steps it will take (a swept value or the run's), for progress before it starts
+    preview: bytes = b""  # the latest live preview (JPEG, ~96 px) while it denoises; dropped once it is done
 
     @property
     def label(self) -> str:
@@ -157,10 +158,12 @@ class GalleryState:
             self.started = self.clock()
         if isinstance(msg, StepProgress):
             self._on_step(msg)
+        elif isinstance(msg, StepPreview):
+            self._on_preview(msg)
         elif isinstance(msg, ImageReady):
             tile = self._by_index[msg.index]
             tile.status, tile.rank, tile.device, tile.seconds = "done", msg.rank, msg.device, msg.seconds
-            tile.thumbnail = msg.thumbnail
+            tile.thumbnail, tile.preview = msg.thumbnail, b""
             if msg.note:  # e.g. blanked by the safety checker: the tile says so next to its details
                 tile.params = f"{tile.params} · {msg.note}" if tile.params else msg.note
             tile.step = tile.total = tile.total or tile.steps
@@ -204,6 +207,15 @@ class GalleryState:
                 continue
             tile.status, tile.rank, tile.step, tile.total = "running", msg.rank, msg.step, msg.total
             self._dirty.add(index)
+
+    def _on_preview(self, msg: StepPreview) -> None:
+        """The tile shows the image forming; a preview that arrives after the image itself is ignored."""
+        tile = self._by_index[msg.index]
+        if tile.status in ("done", "failed"):
+            return
+        tile.preview, tile.status, tile.rank = msg.jpeg, "running", msg.rank
+        tile.step, tile.total = max(tile.step, msg.step), msg.total
+        self._dirty.add(msg.index)
 
     def finish(self, summary: str, stopped: bool = False) -> None:
         """The run is over: no tile is "queued" or "running" any more, no worker "loading".

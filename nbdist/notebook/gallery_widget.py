@@ -63,12 +63,14 @@ class TileModel(widgets.Widget):
     fraction = t.Float(0.0).tag(sync=True)
     thumbnail = t.Bytes(b"").tag(sync=True)
     error = t.Unicode().tag(sync=True)
+    preview = t.Bytes(b"").tag(sync=True)  # the image forming (JPEG, ~96 px) until ``thumbnail`` arrives
+    cell = t.Unicode().tag(sync=True)  # the %%distgen cell that makes this image alone (the viewer's Copy cell)
 
     @classmethod
-    def from_state(cls, tile: TileState, caption: str | None = None) -> TileModel:
+    def from_state(cls, tile: TileState, caption: str | None = None, cell: str = "") -> TileModel:
         """A model with the tile's current state (one comm_open); ``caption`` defaults to the prompt."""
         caption = tile.prompt if caption is None else caption
-        model = cls(index=tile.index, prompt=tile.prompt, caption=caption, seed=tile.seed)
+        model = cls(index=tile.index, prompt=tile.prompt, caption=caption, seed=tile.seed, cell=cell)
         model.update(tile)
         return model
 
@@ -82,6 +84,8 @@ class TileModel(widgets.Widget):
             self.error = tile.error
             if tile.thumbnail and tile.thumbnail != self.thumbnail:
                 self.thumbnail = tile.thumbnail
+            if tile.preview != self.preview:  # emptied with the finished image: saved widget state stays small
+                self.preview = tile.preview
 
 
 FullImageSource = Callable[[int], "FullImage | str"]
@@ -104,6 +108,9 @@ class GalleryWidget(anywidget.AnyWidget):
     # A sweep's labelled grids (``parent.grid.Grid`` as dicts: heading, columns, rows, cells of tile
     # indices); empty: the tiles flow in prompt order. The view lays tiles out once and fills them in place.
     grids = t.List(t.Dict()).tag(sync=True)
+    # Runs started from this gallery's viewer (More like this, Refine): each a gallery of its own, drawn below.
+    panels = t.List(t.Instance(anywidget.AnyWidget)).tag(sync=True, **widgets.widget_serialization)
+    actionable = t.Bool(False).tag(sync=True)  # the viewer offers More like this and Refine
 
     def __init__(
         self,
@@ -115,6 +122,7 @@ class GalleryWidget(anywidget.AnyWidget):
         super().__init__(tiles=tiles, aspect=aspect, grids=grids or [])
         self.full_image = full_image
         self.on_stop: Callable[[], None] | None = None
+        self.on_action: Callable[[dict[str, Any]], str | None] | None = None  # gallery_actions.GalleryActions
         self.on_msg(self._on_custom)
 
     def show_header(self, header: HeaderView) -> None:
@@ -126,6 +134,10 @@ class GalleryWidget(anywidget.AnyWidget):
         if isinstance(content, dict) and content.get("type") == "stop":
             if self.on_stop is not None:
                 self.on_stop()
+            return
+        if isinstance(content, dict) and content.get("type") == "action":
+            error = self.on_action(content) if self.on_action is not None else "no actions here"
+            self.send({"type": "action", "index": content.get("index"), "ok": error is None, "error": error})
             return
         if not isinstance(content, dict) or content.get("type") != "full":
             return

@@ -22,7 +22,9 @@ from ..options import NbdistUsageError
 from ..parent.api import generate, shutdown, status
 from ..parent.output.report import end_lines, setup_refusal
 from ..parent.output.terminal import TerminalProgress
+from ..parent.planning.init_images import lookup_init
 from ..parent.pool.warm_pool import the_pool
+from ..parent.results.actions import show_runs_with
 from ..parent.results.result import GenerationResult
 from .gallery import Gallery
 from .prompts import parse_prompts, prompts_from_namespace
@@ -58,6 +60,7 @@ class DistgenMagics(Magics):
         cleanup = getattr(shell, "input_transformers_cleanup", None)
         if cleanup is not None and give_empty_cell_a_body not in cleanup:  # once, even after %reload_ext
             cleanup.append(give_empty_cell_a_body)
+        show_runs_with(lambda background: [Gallery(background=background)] if _has_widget_front_end(shell) else None)
 
     @magic_arguments()
     @argument(
@@ -122,6 +125,8 @@ class DistgenMagics(Magics):
             model = self._model(args, ns)
             prompts = _prompts(args, line, cell, ns, as_cell=as_cell)
             options = options_from_args(args)
+            if isinstance(options.init, str):  # --init res[3]: a record, image or list of the namespace
+                options = options.with_(init=lookup_init(options.init, ns))
             keep = [_StoreResult(ns, args.out)] if args.out and not args.background else []
             shows = (
                 [Gallery(background=args.background)]  # a background run: the gallery keeps its own static copy
@@ -139,6 +144,7 @@ class DistgenMagics(Magics):
             for show in shows:
                 if isinstance(show, Gallery):
                     show.allow_stop(result.cancel)  # the kernel is free: the gallery's Stop reaches it
+                    show.allow_actions_during(result)  # and its viewer's More like this / Refine
             if args.out:
                 ns[args.out] = result
             return None

@@ -21,7 +21,9 @@ from .planning.plan import make_options, plan_run
 from .planning.prompt_check import truncation_warning
 from .pool.run import RunHandle
 from .pool.warm_pool import PoolStatus, current_status, shutdown_pool, the_pool
+from .results.actions import run_with
 from .results.observer import RunObserver
+from .results.previews import PreviewCallback, wants_previews
 from .results.result import GenerationResult
 
 __all__ = ["generate", "shutdown", "status", "wait_interruptibly"]
@@ -34,6 +36,7 @@ def generate(
     options: GenerateOptions | None = None,
     observers: Sequence[RunObserver] | None = None,
     background: bool = False,
+    on_preview: Callable[[int, int, Any], object] | None = None,
     **overrides: Any,
 ) -> Any:
     """Generate images for ``prompts`` on every GPU (or several CPU workers) and return them.
@@ -47,14 +50,16 @@ def generate(
     The workers stay up after the call (``nbdist.status()``, ``nbdist.shutdown()``): the next call
     with the same model, dtype, device and ``-n`` starts at once. ``background=True`` returns a
     ``RunHandle`` (records so far, ``done``, ``wait()``, ``cancel()``) instead of waiting.
+
+    ``on_preview=fn`` calls ``fn(index, step, image)`` in this process for every preview the workers
+    make while image ``index`` denoises (a ~96 px PIL image, ``preview="auto"``; see ``--preview``).
     """
     started = time.monotonic()  # the totals count from here: the kernel's imports and load are the user's wait too
     opts = make_options(options, overrides)
     prompts = list(prompts)
     if isinstance(model_or_pipe, str):
         model_or_pipe = resolve_model(model_or_pipe)  # "demo": the shipped demo model, no hub lookup
-    if observers is None:
-        observers = _default_observers(opts)
+    observers, opts = _with_previews(_default_observers(opts) if observers is None else observers, opts, on_preview)
     report = _phase_reporter(observers)
     with phases.reporting(report):
         plan = plan_run(model_or_pipe, prompts, opts)
@@ -73,6 +78,16 @@ def generate(
     if background:
         return handle
     return wait_interruptibly(handle)
+
+
+def _with_previews(
+    observers: Sequence[RunObserver], options: GenerateOptions, on_preview: Callable[..., object] | None
+) -> tuple[list[RunObserver], GenerateOptions]:
+    """``on_preview`` as one more observer; with no observer that shows previews the workers make none."""
+    observers = [*observers, *([PreviewCallback(on_preview)] if on_preview is not None else [])]
+    if not wants_previews(observers) and options.preview != "off":
+        options = options.with_(preview="off")
+    return observers, options
 
 
 def _phase_reporter(observers: Sequence[RunObserver]) -> Callable[[str], None] | None:
@@ -146,3 +161,6 @@ def shutdown() -> bool:
 def status() -> PoolStatus:
     """The warm workers: model, devices, pids, idle time and idle timeout."""
     return current_status()
+
+
+run_with(generate)  # res[i].vary() and .refine() start their runs with it (results/actions.py)

@@ -14,7 +14,9 @@ from typing import Any
 from ..call_settings import CallSettings, call_parameters
 from ..jobs import ImageJob
 from ..sweep import job_call
+from .img2img import img2img_call
 from .prompt_weights import needs_compel, prompt_embeddings
+from .variations import blended_latents
 
 __all__ = ["Made", "RunCancelled", "StepReporter", "run_batch", "step_callback", "to_images"]
 
@@ -41,18 +43,22 @@ class StepReporter:
         total: int,
         interval: float = 0.1,
         should_stop: Callable[[], bool] | None = None,
+        preview: Callable[[int, int, Any], None] | None = None,
     ) -> None:
         self._send = send
         self._total = total
         self._interval = interval
         self._last = 0.0
         self._should_stop = should_stop
+        self._preview = preview  # given the latents after each step: it decides itself when to draw them
 
     def __call__(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         if self._should_stop is not None and self._should_stop():
             raise RunCancelled
         now = time.monotonic()
         done = step + 1
+        if self._preview is not None:
+            self._preview(done, self._total, callback_kwargs.get("latents"))
         if done == self._total or now - self._last >= self._interval:
             self._last = now
             self._send(done, self._total)
@@ -81,6 +87,7 @@ def run_batch(
     call: CallSettings,
     on_step: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    preview: Callable[[int, int, Any], None] | None = None,
 ) -> list[Made]:
     """Generate one image per job in a single pipeline call; returns them in job order.
 
@@ -90,18 +97,26 @@ def run_batch(
     import torch
 
     kwargs, negative, _, steps = job_call(call, jobs[0].settings)  # a batch shares its sweep values
+    target = pipe
+    if getattr(call, "init", None):  # --init: the image-to-image form of the same pipeline
+        target, kwargs, steps = img2img_call(pipe, jobs, call, kwargs, steps)
     if negative is not None:
         kwargs["negative_prompt"] = [negative] * len(jobs)
-    if on_step is not None or should_stop is not None:
-        kwargs.update(step_callback(pipe, StepReporter(on_step or _ignore, steps, should_stop=should_stop)))
+    if on_step is not None or should_stop is not None or preview is not None:
+        reporter = StepReporter(on_step or _ignore, steps, should_stop=should_stop, preview=preview)
+        kwargs.update(step_callback(target, reporter))
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
+    size = (kwargs.get("height") or call.effective.get("height"), kwargs.get("width") or call.effective.get("width"))
+    latents = blended_latents(pipe, jobs, call, generators, size)  # --variation-seed: the blended initial noise
+    if latents is not None:
+        kwargs["latents"] = latents
     prompts = [job.prompt for job in jobs]
     with torch.inference_mode():
         text: dict[str, Any] = {"prompt": prompts}
         if needs_compel(pipe, prompts, negative, call.prompt_syntax):  # (word:1.3) or past 77 tokens
             kwargs.pop("negative_prompt", None)
             text = prompt_embeddings(pipe, prompts, negative)
-        out = pipe(generator=generators, output_type="np", **text, **kwargs)
+        out = target(generator=generators, output_type="np", **text, **kwargs)
     return to_images(out, len(jobs))
 
 
@@ -118,7 +133,7 @@ def step_callback(pipe: Any, reporter: StepReporter) -> dict[str, Any]:
     if "callback" in params:
 
         def old_style(step: int, timestep: Any, latents: Any) -> None:
-            reporter(pipe, step, timestep, {})
+            reporter(pipe, step, timestep, {"latents": latents})
 
         return {"callback": old_style, **({"callback_steps": 1} if "callback_steps" in params else {})}
     return {}

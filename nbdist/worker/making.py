@@ -135,7 +135,8 @@ def _attempt(
         if batch[0].params or call.scheduler is not None:
             worker.use_scheduler(batch[0].settings.get("scheduler", call.scheduler))
         worker.use_loras(active_loras(call.loras, batch[0].settings), call.fuse_lora)
-        return run_batch(worker.pipe, batch, call, on_step, should_stop)
+        preview = worker.previews.hook(worker.pipe, worker.rank, batch, call, outbox.send)
+        return run_batch(worker.pipe, batch, call, on_step, should_stop, preview)
     except RunCancelled:
         raise
     except Exception as exc:

@@ -15,6 +15,7 @@ from ..messages import WorkerStarted
 from ..spec import WorkerSetup
 from .adapters import Adapters
 from .lifecycle import set_process_title
+from .previews import Previews
 from .quiet import redirect_output, silence_libraries
 
 __all__ = ["ReadyWorker", "begin", "get_ready"]
@@ -30,6 +31,7 @@ class ReadyWorker:
     device: str
     schedulers: dict[str | None, Any] = field(default_factory=dict)  # None: the pipeline's own
     adapters: Adapters = field(default_factory=Adapters)  # the LoRAs loaded in ``pipe`` and the active set
+    previews: Previews = field(default_factory=Previews)  # --preview decoders, made on first use
 
     def use_loras(self, wanted: dict[str, float], fuse: bool = False) -> None:
         """This batch's LoRAs and scales (none: LoRAs off), swapped in the warm pipeline (``adapters.py``)."""

@@ -75,10 +75,29 @@ async function render({ model, el }) {
   vbar.append(vtitle, prev, next, up, down, download, close);
   const vimg = node("img", "nbdist-viewer-img");
   const vnote = node("div", "nbdist-viewer-note");
-  viewer.append(vbar, vimg, vnote);
+  // Acting on the image: its cell to the clipboard; variations and a refine, run below as panels.
+  const actions = node("div", "nbdist-viewer-actions");
+  const copy = node("button", "nbdist-copy", "Copy cell");
+  copy.title = "copy the %%distgen cell that makes this image again, alone";
+  const vary = node("button", "nbdist-vary", "More like this");
+  vary.title = "8 variations of this image (its noise blended with other seeds' at strength 0.2), shown below";
+  const rprompt = node("input", "nbdist-refine-prompt");
+  rprompt.type = "text";
+  rprompt.title = "the prompt Refine uses (this image's own by default)";
+  const rstrength = node("input", "nbdist-refine-strength");
+  Object.assign(rstrength, { type: "number", min: "0.05", max: "1", step: "0.05", value: "0.4" });
+  rstrength.title = "how much of the image Refine redraws (0-1)";
+  const refine = node("button", "nbdist-refine", "Refine");
+  refine.title = "image-to-image from this image with the prompt and strength on the left, shown below";
+  actions.append(copy, vary, rprompt, rstrength, refine);
+  const vaction = node("div", "nbdist-viewer-action-note");
+  const vcell = node("pre", "nbdist-viewer-cell");
+  vcell.hidden = true;
+  viewer.append(vbar, vimg, vnote, actions, vaction, vcell);
 
   const grid = node("div", "nbdist-grid");
-  root.append(head, viewer, grid);
+  const panels = node("div", "nbdist-panels"); // galleries of the runs started from this viewer
+  root.append(head, viewer, grid, panels);
 
   function drawAspect() {
     grid.style.setProperty("--nbdist-aspect", String(model.get("aspect") || 1));
@@ -102,7 +121,8 @@ async function render({ model, el }) {
     tile.meta.textContent = m.get("meta");
     tile.meta.title = m.get("meta");
     tile.progress.style.width = status === "running" ? `${Math.round(100 * (m.get("fraction") || 0))}%` : "0";
-    const bytes = bytesOf(m.get("thumbnail"));
+    const final = bytesOf(m.get("thumbnail"));
+    const bytes = final || bytesOf(m.get("preview")); // the image forming, until the finished one arrives
     if (bytes && bytes !== tile.bytes) {
       tile.bytes = bytes;
       if (tile.url) URL.revokeObjectURL(tile.url);
@@ -110,7 +130,11 @@ async function render({ model, el }) {
       tile.img.src = tile.url;
     }
     tile.img.hidden = !tile.url;
-    if (shown >= 0 && tiles[shown] === tile) drawViewer();
+    tile.fig.dataset.picture = final ? "final" : tile.url ? "preview" : "none";
+    if (shown >= 0 && tiles[shown] === tile) {
+      if (final && status === "done") request(m.get("index")); // opened while it formed: now the full size
+      drawViewer();
+    }
   }
 
   async function buildTiles() {
@@ -218,6 +242,10 @@ async function render({ model, el }) {
     up.hidden = down.hidden = !sweep;
     up.disabled = neighbour(shown, -1, 0) < 0;
     down.disabled = neighbour(shown, 1, 0) < 0;
+    const done = m.get("status") === "done";
+    actions.hidden = !done;
+    vary.hidden = refine.hidden = rprompt.hidden = rstrength.hidden = !model.get("actionable");
+    copy.disabled = !m.get("cell");
     if (got && got.url) {
       vimg.src = got.url;
       vimg.hidden = false;
@@ -232,6 +260,7 @@ async function render({ model, el }) {
       download.classList.add("nbdist-disabled");
       if (m.get("status") === "failed") vnote.textContent = m.get("label");
       else if (!tile.url) vnote.textContent = "not generated yet";
+      else if (m.get("status") !== "done") vnote.textContent = `forming: ${m.get("label")} (live preview)`;
       else if (got && got.error) vnote.textContent = got.error;
       else if (got && got.waiting) {
         vnote.textContent =
@@ -256,6 +285,11 @@ async function render({ model, el }) {
 
   function open(pos) {
     if (pos < 0 || pos >= tiles.length) return;
+    if (pos !== shown) {
+      rprompt.value = tiles[pos].model.get("prompt");
+      vaction.textContent = "";
+      vcell.hidden = true;
+    }
     shown = pos;
     viewer.hidden = false;
     root.dataset.viewing = String(tiles[pos].model.get("index"));
@@ -289,7 +323,54 @@ async function render({ model, el }) {
     event.stopPropagation();
   });
 
+  async function copyCell() {
+    const text = tiles[shown] ? tiles[shown].model.get("cell") : "";
+    vcell.textContent = text;
+    vcell.hidden = false;
+    try {
+      await navigator.clipboard.writeText(text);
+      vaction.textContent = "cell copied: paste it into a new cell";
+    } catch (err) {
+      const range = document.createRange(); // no clipboard permission: select it for Ctrl+C instead
+      range.selectNodeContents(vcell);
+      window.getSelection().removeAllRanges();
+      window.getSelection().addRange(range);
+      vaction.textContent = "the cell is selected below: press Ctrl+C (the browser refused the clipboard)";
+    }
+  }
+
+  function act(action) {
+    const tile = tiles[shown];
+    if (!tile) return;
+    const request = { type: "action", action, index: tile.model.get("index") };
+    if (action === "refine") Object.assign(request, { prompt: rprompt.value, strength: Number(rstrength.value) });
+    model.send(request);
+    vaction.textContent = `${action === "vary" ? "More like this" : "Refine"}: sent; it starts below once the kernel is free`;
+  }
+
+  copy.addEventListener("click", copyCell);
+  vary.addEventListener("click", () => act("vary"));
+  refine.addEventListener("click", () => act("refine"));
+  for (const input of [rprompt, rstrength]) input.addEventListener("keydown", (event) => event.stopPropagation());
+
+  const panelViews = new Map(); // child model id -> its cleanup
+  async function drawPanels() {
+    for (const ref of model.get("panels") || []) {
+      const child = await resolve(model, ref);
+      const id = child.model_id || child.cid;
+      if (panelViews.has(id)) continue;
+      panelViews.set(id, null);
+      const el = node("div", "nbdist-panel");
+      panels.appendChild(el);
+      panelViews.set(id, await render({ model: child, el }));
+    }
+  }
+
   const onCustom = (msg, buffers) => {
+    if (msg && msg.type === "action") {
+      vaction.textContent = msg.ok ? "started: its gallery is below" : `not started: ${msg.error}`;
+      return;
+    }
     if (!msg || msg.type !== "full") return;
     const bytes = buffers && buffers.length ? bytesOf(buffers[0]) : null;
     if (msg.ok && bytes) {
@@ -307,12 +388,16 @@ async function render({ model, el }) {
   model.on("change:tiles", buildTiles);
   model.on("change:grids", layOut);
   model.on("msg:custom", onCustom);
+  model.on("change:panels", drawPanels);
+  model.on("change:actionable", () => shown >= 0 && drawViewer());
   drawHeader();
   drawAspect();
   await buildTiles();
+  await drawPanels();
 
   return () => {
     clearTimeout(waitTimer);
+    for (const cleanup of panelViews.values()) if (typeof cleanup === "function") cleanup();
     for (const tile of tiles) tile.dispose();
     for (const got of full.values()) if (got.url) URL.revokeObjectURL(got.url);
   };

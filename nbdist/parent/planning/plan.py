@@ -21,6 +21,7 @@ from ...cluster_address import cluster_from_env
 from ...jobs import ImageJob, make_jobs
 from ...loras import PROMPT_SYNTAXES, check_lora_fits, check_lora_sweep, is_lora_axis, lora_sources, parse_loras
 from ...options import GenerateOptions, NbdistUsageError
+from ...preview_choice import check_preview
 from ...prompt_syntax import weighting_note
 from ..machine.devices import GpuChoice, choose_gpus, cpu_count, visible_gpu_count
 from ..machine.dtypes import default_dtype, family_of
@@ -28,6 +29,8 @@ from ..machine.fork_safety import check_fork_safe
 from ..machine.gpus import GpuQuery, query_gpus
 from ..machine.memory_fit import check_fit
 from ..results.observer import RunInfo
+from .init_images import check_img2img, resolve_init
+from .variations import check_variations
 
 __all__ = ["Plan", "PoolKey", "make_options", "plan_run"]
 
@@ -129,6 +132,7 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
 
         options = options.with_(sweep=parse_sweep(options.sweep))  # values given in Python, checked like flags
     options = _check_loras(options)
+    options = resolve_init(None, len(prompts), options)  # --init as PNG path(s); the pipeline is checked below
     if not prompts:
         raise NbdistUsageError("no prompts: write one prompt per line in the cell")
     notes: list[str] = []
@@ -181,6 +185,10 @@ def _check_call(pipe: Any, name: str, options: GenerateOptions) -> CallSettings:
     check_params(pipe, options.params)
     check_scheduler(pipe, options.scheduler)
     check_sweep(pipe, options.sweep)
+    check_variations(pipe, options)
+    check_preview(pipe, options.preview)
+    if options.init is not None:
+        check_img2img(pipe)
     for lora in lora_sources(check_lora_sweep(options.loras, options.sweep), options.allow_pickle):
         check_lora_fits(pipe, name, lora)
     return resolve_call(pipe, name, options)

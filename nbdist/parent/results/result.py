@@ -38,6 +38,39 @@ class ImageRecord:
         """True when the image was generated."""
         return self.image is not None
 
+    # -- acting on this image (cell.py, actions.py) ---------------------------------------------------
+    run: Any = field(default=None, repr=False, compare=False)  # the GenerationResult it belongs to
+
+    @property
+    def job(self) -> ImageJob:
+        """The job this image was made from (its seed, its sweep values, which of its prompt's images)."""
+        if self.run is None:
+            raise ValueError("this record belongs to no finished run")
+        return next(job for job in self.run.jobs if job.index == self.index)
+
+    @property
+    def cell(self) -> str:
+        """The ``%%distgen`` cell that makes this image again, alone: model, settings, its seed, its prompt."""
+        from .cell import image_cell, image_options, model_name
+
+        job = self.job  # first: it says so when the record belongs to no run
+        return image_cell(model_name(self.run.model), self.prompt, image_options(self.run.options, job))
+
+    def vary(self, n: int = 8, strength: float = 0.2, seed: int | None = None, **options: Any) -> Any:
+        """``n`` variations of this image on the same workers: its initial noise blended (slerp) with that
+        of variation seeds ``seed .. seed+n-1`` at ``strength`` (0: this image itself). Returns their
+        ``GenerationResult`` (with ``background=True`` a handle); other keywords are options."""
+        from .actions import vary
+
+        return vary(self, n, strength, seed, **options)
+
+    def refine(self, prompt: str | None = None, strength: float = 0.4, **options: Any) -> Any:
+        """Image-to-image from this image on the same workers (its seed and settings; ``prompt`` defaults to its
+        own); ``strength`` is how much is redone, ``upscale=2`` a hires-fix pass. Returns the run's result."""
+        from .actions import refine
+
+        return refine(self, prompt, strength, **options)
+
 
 @dataclass
 class WorkerFailure:
@@ -110,6 +143,10 @@ class GenerationResult(RecordSequence):
     jobs: list[ImageJob] = field(default_factory=list, repr=False)  # every job of the run, for grids
     display_token: str | None = field(default=None, repr=False)  # pairs the notebook gallery with _repr_html_
 
+    def __post_init__(self) -> None:
+        for record in self.records:  # each record knows its run: res[i].cell, .vary(), .refine()
+            record.run = self
+
     @property
     def device_map(self) -> dict[str, Any] | None:
         """``hf_device_map`` of a ``--device-map`` run (component -> GPU number or "cpu"), else None."""
@@ -166,9 +203,13 @@ class GenerationResult(RecordSequence):
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(repr(self))
 
-    def _repr_html_(self) -> str:
+    def _repr_html_(self) -> str | None:
         """The static gallery (inline thumbnails): what a saved notebook or nbconvert shows."""
         from ..output.static_html import result_html
+        from ..output.vscode import in_vscode
+
+        if self.display_token is not None and in_vscode():  # VS Code shows both: its live gallery is the one
+            return None
 
         return result_html(self)
 
