@@ -134,6 +134,27 @@ def test_a_node_removed_mid_run_loses_no_finished_image(cluster, run) -> None:
 
 @pytest.mark.ray
 @needs_namespace
+def test_refine_on_the_cluster_reads_its_init_on_the_actors_nodes(run, forked, tiny_pipe) -> None:
+    """``--init`` files live on the kernel's disk: the actors get their bytes and write their own copies."""
+    import torch
+    from diffusers import AutoPipelineForImage2Image
+
+    init = forked[0].image
+    result = run(["a green lighthouse"], init=init, strength=0.5)
+    assert [r.ok for r in result] == [True], result.worker_failures or result.errors
+    plain = AutoPipelineForImage2Image.from_pipe(tiny_pipe)(
+        "a green lighthouse",
+        image=init,
+        strength=0.5,
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        generator=torch.Generator("cpu").manual_seed(result[0].seed),
+    ).images[0]
+    assert max_diff(result[0].image, plain) <= 2
+
+
+@pytest.mark.ray
+@needs_namespace
 def test_shutdown_leaves_no_actor(run) -> None:
     from ray._private import state
 
@@ -146,6 +167,21 @@ def test_shutdown_leaves_no_actor(run) -> None:
             break
         time.sleep(0.1)  # polling Ray's own record of the actors, not waiting in place of it
     assert alive == []
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_a_local_run_after_the_cluster_leaves_ray_before_forking(run, forked, tiny_model: str) -> None:
+    """Back to this machine's workers in the same kernel: the driver disconnects first, then the fork is safe."""
+    import ray
+
+    run(PROMPTS[:1])
+    assert ray.is_initialized()
+    local = nbdist.generate(tiny_model, PROMPTS[:2], seed=0, steps=STEPS, num_processes=2)
+    assert not ray.is_initialized() and all(r.node is None for r in local)
+    for record, twin in zip(local, forked, strict=False):
+        assert max_diff(record.image, twin.image) == 0, record.index
+    nbdist.shutdown()
 
 
 def test_unreachable_cluster_is_one_line_before_anything_starts(tiny_model: str) -> None:

@@ -15,12 +15,14 @@ the kernel wraps the class with ``ray.remote`` only for ``--cluster``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ..jobs import ImageJob
@@ -66,7 +68,8 @@ class GenerationActor:
 
     def make(self, run: int, jobs: list[ImageJob], settings: tuple[Any, Any]) -> Iterator[Message]:
         """Make ``jobs`` (one batch of run ``run``) and yield each message as the worker sends it."""
-        options, call = settings
+        options, call, init_files = settings
+        call = self._with_local_inits(call, init_files)
         worker = self._worker
         if worker is None or self._cancelled >= run:
             return
@@ -84,6 +87,23 @@ class GenerationActor:
         threading.Thread(target=work, name="nbdist-actor-make", daemon=True).start()
         while (item := out.get()) is not _END:
             yield item
+
+    def _with_local_inits(self, call: Any, files: dict[str, bytes]) -> Any:
+        """``call`` with its ``--init`` paths replaced by copies on this node (written once per content)."""
+        if not files:
+            return call
+        folder = Path(tempfile.gettempdir()) / "nbdist-init"
+        folder.mkdir(exist_ok=True)
+        local = {}
+        for path, data in files.items():
+            copy = folder / f"{hashlib.sha256(data).hexdigest()[:16]}.png"
+            if not copy.exists():
+                part = copy.with_suffix(".part")
+                part.write_bytes(data)
+                part.replace(copy)
+            local[path] = str(copy)
+        init = local[call.init] if isinstance(call.init, str) else tuple(local[p] for p in call.init)
+        return replace(call, init=init)
 
     def cancel(self, run: int) -> None:
         """Cancel run ``run`` and any before it (runs in the ``control`` group, beside a ``make``)."""

@@ -103,6 +103,9 @@ def start_backend(plan: Plan) -> WorkerBackend:
         group = RayActorGroup(plan)
     else:
         from ..fork.workers import WorkerGroup
+        from ..ray.cluster import leave
+
+        leave()  # a kernel that used --cluster before: no fork while Ray's threads run here
 
         group = WorkerGroup(
             plan.pipe,

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...jobs import ImageJob
@@ -165,7 +166,7 @@ class RayActorGroup:
         self._dispatched = True
         size = command.options.batch_size
         jobs = [] if self._cancelled else list(command.jobs)
-        self._settings = ray.put((command.options, command.call))
+        self._settings = ray.put((command.options, command.call, _init_files(command.call)))
         self._pending = collections.deque(jobs[i : i + size] for i in range(0, len(jobs), size))
         self._inbox.extend(RunStarted(rank, command.run, -1) for rank in sorted(self._actors))
         self._fill_all()
@@ -324,3 +325,10 @@ def _what_was_lost(rank: int, hello: WorkerStarted | None, exc: BaseException) -
     if node and alive:
         return f"worker {rank} died on node {node[:8]} ({first_line(exc)})"
     return f"node {node[:8] or '?'} lost (worker {rank})"
+
+
+def _init_files(call: Any) -> dict[str, bytes]:
+    """``--init`` PNGs the plan wrote on this machine, by path: the actors' nodes cannot read the kernel's disk."""
+    init = getattr(call, "init", None)
+    paths = [] if init is None else [init] if isinstance(init, str) else list(init)
+    return {path: Path(path).read_bytes() for path in dict.fromkeys(paths)}

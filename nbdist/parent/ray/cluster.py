@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from dataclasses import dataclass
 
 from ...cluster_address import host_port
 from ...errors import NbdistUsageError
 
-__all__ = ["ClusterFacts", "connect", "first_line"]
+__all__ = ["ClusterFacts", "connect", "first_line", "leave"]
 
 REACH_TIMEOUT = 5.0  # seconds a TCP connect to the cluster's address may take
+_joined: str | None = None  # the address this kernel joined as a driver, None when it has not
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,11 @@ def connect(address: str) -> ClusterFacts:
         import ray
     except ImportError as exc:
         raise NbdistUsageError("--cluster needs Ray: pip install 'nbdist[ray]'") from exc
+    global _joined
+    if ray.is_initialized() and _joined not in (None, address):
+        leave()  # another cluster than last time: its actors went with the pool's previous group
     if not ray.is_initialized():
+        _joined = address
         try:
             ray.init(address=address, namespace="nbdist", log_to_driver=False, logging_level=logging.ERROR)
         except Exception as exc:  # ConnectionError, RuntimeError, ...: Ray's wording varies by form and version
@@ -61,3 +67,17 @@ def first_line(exc: BaseException) -> str:
     """The first line of an error: Ray's exceptions carry pages of remote traceback after it."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def leave() -> None:
+    """Disconnect the kernel from its cluster, if it joined one (``nbdist`` joined it, or the user did).
+
+    Called before forking local workers: Ray's driver runs gRPC and event-loop threads in the kernel,
+    and a fork taken while they hold locks can leave the child stuck. Only after the pool has stopped
+    the actors, which belong to this driver and would end with it anyway.
+    """
+    global _joined
+    ray = sys.modules.get("ray")  # never imported here just to ask
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    _joined = None
