@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the PNGs (with their parameters), manifest.jsonl and index.html; one that already "
         "holds a run is refused unless --overwrite",
     )
-    add_to_parser(gen, skip=("save_dir",))
+    add_to_parser(gen, skip=("save_dir", "save"))  # the CLI always saves, into --out
+    gen.set_defaults(save=True)
     return parser
 
 

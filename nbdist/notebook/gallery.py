@@ -24,18 +24,21 @@ by the finished run's copy at the end, so a notebook saved mid-run or after it k
 
 from __future__ import annotations
 
+import io
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from IPython.display import display, update_display
 
+from ..image_files import encode_png, image_metadata
 from ..messages import Message
 from ..parent.output.grid import layout
-from ..parent.output.saving import image_metadata, png_text, run_parameters
+from ..parent.output.saving import run_parameters
 from ..parent.output.static_html import (
     StaticTile,
     data_uri,
@@ -47,7 +50,7 @@ from ..parent.output.static_html import (
 )
 from ..parent.results.observer import RunInfo
 from .gallery_state import GalleryState, HeaderView, TileState, format_seconds
-from .gallery_widget import FullImage, GalleryWidget, TileModel, png_bytes
+from .gallery_widget import FullImage, GalleryWidget, TileModel
 
 __all__ = ["WIDGET_VIEW_MIMETYPE", "Gallery"]
 
@@ -318,23 +321,27 @@ class Gallery:
         self._fallback_sent, self._last_fallback = bundle, self._clock()
 
     def full_image(self, index: int) -> FullImage | str:
-        """Image ``index`` at full size as PNG, or why it is not available (asked by the browser)."""
+        """Image ``index`` at full size as PNG, or why it is not available (asked by the browser).
+
+        A saved image is its file, sent as it is (its text chunk included); only a ``--no-save`` one is encoded.
+        """
         if self._result is None:
             return "the run is still going"
         record = next((r for r in self._result.records if r.index == index), None)
-        if record is None or record.image is None:
+        if record is None or not record.ok:
             return (record.error if record is not None else None) or "this image was not generated"
+        name = f"nbdist-{index:04d}-seed{record.seed}.png"
+        if record.path is not None:
+            return _file_image(record.path, name)
         width, height = record.image.size
-        return FullImage(
-            png_bytes(record.image, self._png_text(record)), f"nbdist-{index:04d}-seed{record.seed}.png", width, height
-        )
+        return FullImage(encode_png(record.image, self._metadata(record)), name, width, height)
 
-    def _png_text(self, record: Any) -> Any:
-        """The PNG text chunk for a record: the same parameters the PNGs ``--save-dir`` writes carry."""
+    def _metadata(self, record: Any) -> dict[str, Any] | None:
+        """The parameters of a record, as the saved PNGs carry them in their text chunk."""
         job = next((j for j in self._run.jobs if j.index == record.index), None) if self._run is not None else None
         if job is None:
             return None
-        meta = image_metadata(
+        return image_metadata(
             self._params,
             job,
             size=record.image.size,
@@ -343,11 +350,23 @@ class Gallery:
             seconds=record.seconds,
             note=getattr(record, "note", None),
         )
-        return png_text(meta)
 
     def static_html(self, result: Any) -> str:
         """The static copy of the run (the result's text/html)."""
         return result_html(result)
+
+
+def _file_image(path: Any, name: str) -> FullImage | str:
+    """A saved PNG as the viewer gets it: its bytes as written, and its size from the header."""
+    from PIL import Image
+
+    try:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except OSError as exc:
+        return f"cannot read {str(path)!r}: {exc.strerror or exc}"
+    return FullImage(data, name, width, height)
 
 
 def _static_tile(tile: TileState) -> StaticTile:

@@ -13,7 +13,6 @@ messages, so the viewer shows the enlarged thumbnail and the answer arrives when
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import traitlets as t
 
 from .gallery_state import HeaderView, TileState
 
-__all__ = ["FullImage", "GalleryWidget", "TileModel", "png_bytes"]
+__all__ = ["FullImage", "GalleryWidget", "TileModel"]
 
 _STATIC = Path(__file__).parent / "static"
 
@@ -38,16 +37,6 @@ class FullImage:
     name: str
     width: int
     height: int
-
-
-def png_bytes(image: Any, info: Any = None) -> bytes:
-    """Encode a PIL image as PNG, fast (level 1: a few times faster than the default, a bit larger).
-
-    ``info``: a ``PngInfo`` text chunk (the generation parameters, as ``--save-dir`` writes them).
-    """
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1, pnginfo=info)
-    return buf.getvalue()
 
 
 class TileModel(widgets.Widget):

@@ -220,7 +220,9 @@ class WorkerPool:
         assert self._group is not None
         self._group.reset_pull()
         run.begin(self._group.ready, self._group.spec.log_dir)
-        self._group.send(RunCommand(run.id, tuple(dispatch_order(run.plan)), run.plan.options, run.plan.call))
+        self._group.send(
+            RunCommand(run.id, tuple(dispatch_order(run.plan)), run.plan.options, run.plan.call, run.save_target())
+        )
 
     def _start_group(self, plan: Plan) -> None:
         group = WorkerGroup(

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ...messages import ImageFailed, ImageReady, Message, WorkerFinished, WorkerStarted
@@ -23,9 +24,15 @@ __all__ = ["Collector", "Fanout", "ResultBuilder"]
 
 
 class ResultBuilder:
-    """Turns messages into ``ImageRecord``s (an observer like the others, always first)."""
+    """Turns messages into ``ImageRecord``s (an observer like the others, first after the disk writer).
 
-    def __init__(self) -> None:
+    ``paths`` is the disk writer's index -> file map, for images that arrive as bytes or pixels and are
+    written in the kernel; an image the worker wrote itself names its file in the message. A record
+    holds the full-size image only when it came as raw pixels (``--no-save``): otherwise its file is it.
+    """
+
+    def __init__(self, paths: dict[int, Path] | None = None) -> None:
+        self._paths = paths if paths is not None else {}
         self.records: dict[int, ImageRecord] = {}
         self.finished: set[int] = set()
         self.worker_failures: list[WorkerFailure] = []
@@ -49,7 +56,9 @@ class ResultBuilder:
                 params=job.settings,
             )
             if isinstance(msg, ImageReady):
-                record.image = msg.to_pil()
+                record.path = Path(msg.path) if msg.path is not None else self._paths.get(msg.index)
+                if msg.pixels is not None:
+                    record.image = msg.to_pil()
                 record.seconds = msg.seconds
                 record.thumbnail = msg.thumbnail
                 record.note = msg.note
