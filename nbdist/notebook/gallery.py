@@ -40,6 +40,7 @@ from ..messages import Message
 from ..parent.output.grid import layout
 from ..parent.output.saving import run_parameters
 from ..parent.output.static_html import (
+    INLINE_CAP,
     StaticTile,
     data_uri,
     fallback_html,
@@ -257,7 +258,7 @@ class Gallery:
         if result is not None:
             return {"text/html": result_html(result), "text/plain": f"nbdist gallery: {result.summary()}"}
         with self._lock:
-            tiles = {tile.index: _static_tile(tile) for tile in self.state.tiles}
+            tiles = {tile.index: _static_tile(tile) for tile in self.state.tiles[:INLINE_CAP]}
             done, total = self.state.done, len(self.state.tiles)
         heading = f"still running: {done} of {total} images so far"
         run = self._run

@@ -84,11 +84,16 @@ class DiskWriter:
         self._append(self._meta(msg, job), path)
 
     def on_end(self, result: Any) -> None:
-        """Wait for every pending write (a run is not over until its files are on disk); a sweep's grids too."""
+        """Wait for every pending write (a run is not over until its files are on disk); a sweep's grids and
+        ``index.html`` too (``result`` None: a torchrun rank's share, whose launcher writes the index)."""
         for fut in self._pending:
             fut.result()
         self._executor.shutdown(wait=True)
         self._write_grids(result)
+        if result is not None:
+            from .index_page import write_result_index
+
+            write_result_index(self.folder, result)
 
     def _write_grids(self, result: Any) -> None:
         """``grid.png`` next to the PNGs (one per value of the further axes: ``grid-steps-2.png``)."""

@@ -18,9 +18,11 @@ import base64
 import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "INLINE_CAP",
     "StaticTile",
     "data_uri",
     "fallback_class",
@@ -202,28 +204,59 @@ def _detail(record: Any) -> str:
     return f"{detail} · {note}" if note else detail
 
 
+INLINE_CAP = 240  # thumbnails a static copy inlines (~25 KB each): a 5,000-image cell stays a few MB
+
+
 def result_html(result: Any) -> str:
-    """The static gallery of a ``GenerationResult``: every image's thumbnail inline, in prompt order.
+    """The static gallery of a ``GenerationResult``: the first ``INLINE_CAP`` thumbnails inline, in prompt order.
 
     Jobs that never finished get a tile saying so (and that the run was stopped, if it was), so a
-    partial run shows exactly what it lacks.
+    partial run shows exactly what it lacks. Past the cap the copy links the run folder's ``index.html``
+    (every image is on disk): the notebook stays small whatever the run's size.
     """
     missing = "not generated (stopped)" if getattr(result, "interrupted", False) else "not generated"
     tiles: dict[int, StaticTile] = {}
     for record in result.records:
-        thumb = getattr(record, "thumbnail", None)
+        thumb = getattr(record, "thumbnail", None) if record.index < INLINE_CAP else None
         tiles[record.index] = StaticTile(
             src=data_uri(thumb) if thumb else None,
             caption=record.prompt,
             title=record.prompt,
-            error=record.error or (None if thumb else "no thumbnail"),
+            error=record.error or (None if thumb else _no_thumbnail(record.index)),
             detail=_detail(record),
         )
     for job in result.missing:
         detail = f"#{job.index} · seed {job.seed}"
         tiles[job.index] = StaticTile(src=None, caption=job.prompt, title=job.prompt, error=missing, detail=detail)
     sweep = getattr(result.options, "sweep", None)
-    return static_copy(tiles, result.summary(), result_token(result), getattr(result, "jobs", None), sweep)
+    more = _more_link(result, len(tiles)) if len(tiles) > INLINE_CAP else ""
+    if not sweep:
+        tiles = {i: t for i, t in tiles.items() if i < INLINE_CAP}
+    return static_copy(tiles, result.summary(), result_token(result), getattr(result, "jobs", None), sweep) + more
+
+
+def _no_thumbnail(index: int) -> str:
+    return "no thumbnail" if index < INLINE_CAP else "in the run folder's index.html"
+
+
+def _more_link(result: Any, total: int) -> str:
+    """The line under a capped copy: how many images it leaves out and where they all are."""
+    folder = getattr(result, "save_dir", None)
+    if folder is None:
+        return f'<p class="nbdist-more">{total - INLINE_CAP} more images not shown here.</p>'
+    href = _relative(Path(folder) / "index.html")
+    return (
+        f'<p class="nbdist-more">{total - INLINE_CAP} more images: all {total} in '
+        f'<a href="{html.escape(href, quote=True)}" target="_blank">{html.escape(href)}</a></p>'
+    )
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working folder (the notebook's) when under it: the link follows the notebook."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(path).resolve().as_posix()
 
 
 def static_copy(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...messages import ImageFailed, ImageReady, Message, WorkerFinished, WorkerStarted
+from ..output.static_html import INLINE_CAP
 from .observer import RunInfo, RunObserver
 from .result import ImageRecord, WorkerFailure, WorkerInfo
 
@@ -60,7 +61,7 @@ class ResultBuilder:
                 if msg.pixels is not None:
                     record.image = msg.to_pil()
                 record.seconds = msg.seconds
-                record.thumbnail = msg.thumbnail
+                record.thumbnail = msg.thumbnail if msg.index < INLINE_CAP else None  # the static copy's only
                 record.note = msg.note
                 if self.first_image_at is None:
                     self.first_image_at = time.monotonic()

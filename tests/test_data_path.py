@@ -1,0 +1,130 @@
+"""Images on disk, a bounded kernel and ``open_run``, through a real kernel with real forked workers.
+
+By default every image is a PNG in ``nbdist-runs/<date>-<time>-<words>/`` next to the notebook (the
+kernel's working folder), written by the workers; records point at the files and load images on
+demand. ``--no-save`` keeps the old in-memory path. A kernel SIGKILLed mid-run leaves every image it
+had received complete on disk and in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from kernel import Kernel
+from PIL import Image
+from test_faults import wait_gone, workers_of
+
+PROMPTS = "a red circle\na blue square\na green triangle\na black circle"
+DEFAULT_PLACE = "import os; os.environ.pop('NBDIST_SAVE_DIR', None)"  # conftest's temp folder out: the real default
+
+
+def _run_folders(cwd: Path) -> list[Path]:
+    return sorted(p for p in (cwd / "nbdist-runs").iterdir() if p.is_dir()) if (cwd / "nbdist-runs").is_dir() else []
+
+
+def test_images_on_disk_by_default_and_no_save_as_before(kernel: Kernel, tiny_model: str, tmp_path: Path) -> None:
+    assert kernel.execute(DEFAULT_PLACE).error is None
+    ex = kernel.execute(f"%%distgen --model {tiny_model} -n 2 --steps 2 --seed 0 -o res\n{PROMPTS}")
+    assert ex.error is None, ex.error
+    [folder] = _run_folders(tmp_path)
+    assert folder.name.endswith("-a-red-circle") and folder.name[:4].isdigit(), folder.name
+    pngs = sorted(folder.glob("*.png"))
+    assert [p.name[:5] for p in pngs] == ["00000", "00001", "00002", "00003"]
+    assert {"manifest.jsonl", "index.html"} <= {p.name for p in folder.iterdir()}
+    assert not list(folder.glob("*.part"))
+    assert kernel.value("str(res.save_dir)") == str(folder)
+    assert kernel.value("[str(r.path) for r in res]") == [str(p) for p in pngs]
+    # The records hold no image: each loads from its file, equal to it, with the parameters in its text chunk.
+    assert kernel.value("[r.__dict__['_held'] is None for r in res]") == [True] * 4
+    assert kernel.value("all(r.image.tobytes() == __import__('PIL.Image').Image.open(r.path).tobytes() for r in res)")
+    meta = json.loads(Image.open(pngs[2]).text["nbdist"])
+    assert (meta["prompt"], meta["seed"], meta["index"]) == ("a green triangle", 2, 2)
+    manifest = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(e["file"] for e in manifest) == [p.name for p in pngs]
+    # --no-save: nothing written, the same pixels held in memory.
+    ex = kernel.execute(f"%%distgen --model {tiny_model} -n 2 --steps 2 --seed 0 --no-save -o mem\n{PROMPTS}")
+    assert ex.error is None, ex.error
+    assert _run_folders(tmp_path) == [folder]
+    assert kernel.value("[(r.path, r.__dict__['_held'] is not None) for r in mem]") == [(None, True)] * 4
+    assert kernel.value("[a.image.tobytes() == b.image.tobytes() for a, b in zip(res, mem)]") == [True] * 4
+    # open_run: the same records and a static gallery, from the folder alone.
+    assert kernel.execute(f"import nbdist; back = nbdist.open_run({str(folder)!r})").error is None
+    same = "[(a.index, a.prompt, a.seed, a.rank, str(a.path)) == (b.index, b.prompt, b.seed, b.rank, str(b.path))"
+    assert kernel.value(same + " for a, b in zip(res, back)]") == [True] * 4
+    assert kernel.value("[a.image.tobytes() == b.image.tobytes() for a, b in zip(res, back)]") == [True] * 4
+    assert kernel.value("back._repr_html_().count('data:image/jpeg')") == 4
+    # Contradicting flags: one line before anything starts.
+    ex = kernel.execute(f"%%distgen --model {tiny_model} --no-save --save-dir x -o bad\na")
+    assert "--no-save and --save-dir" in ex.stream("stderr"), ex.stream()
+
+
+def test_unwritable_runs_folder_falls_back_to_the_cache(kernel: Kernel, tiny_model: str, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    cache = tmp_path / "cache"
+    env = {"NBDIST_SAVE_DIR": str(locked / "runs"), "NBDIST_CACHE": str(cache)}
+    setup = f"import os; os.environ.update({env!r})"
+    assert kernel.execute(setup).error is None
+    ex = kernel.execute(f"%%distgen --model {tiny_model} -n 1 --steps 1 --seed 0 -o res\na red circle")
+    assert ex.error is None, ex.error
+    if os.geteuid() != 0:  # root writes anywhere: no fallback to see
+        notes = [line for line in ex.stream("stderr").splitlines() if "cannot be written" in line]
+        assert len(notes) == 1 and str(cache / "runs") in notes[0], ex.stream("stderr")
+        assert kernel.value("str(res[0].path).startswith(" + repr(str(cache / "runs")) + ")")
+    assert kernel.value("res[0].path.is_file() and res.complete")
+
+
+def test_kernel_killed_mid_run_keeps_every_image_it_showed(tiny_model: str, tmp_path: Path) -> None:
+    prompts = "\n".join(f"shape {i}" for i in range(200))
+    with Kernel(cwd=str(tmp_path)) as kernel:
+        assert kernel.execute("%load_ext nbdist").error is None
+        folder = tmp_path / "run"
+        ex = kernel.execute(
+            f"%%distgen --model {tiny_model} -n 2 --steps 1 --seed 0 --save-dir {folder} --background -o h\n{prompts}"
+        )
+        assert ex.error is None, ex.error
+        deadline = time.monotonic() + 120
+        while (seen := kernel.value("len(h)")) < 10:  # records: images the kernel received (and showed)
+            assert time.monotonic() < deadline, "no images arrived"
+        workers = [p.pid for p in workers_of(kernel.pid)]
+        os.kill(kernel.pid, signal.SIGKILL)
+        wait_gone(workers, 30)  # the workers die with the kernel (PR_SET_PDEATHSIG)
+    lines = (folder / "manifest.jsonl").read_text().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line complete
+    assert len(entries) >= seen
+    for entry in entries:
+        with Image.open(folder / entry["file"]) as image:
+            image.load()  # complete: a truncated PNG raises here
+            assert json.loads(image.text["nbdist"])["index"] == entry["index"]
+    from nbdist import open_run
+
+    assert len(open_run(folder)) == len(entries)
+
+
+@pytest.fixture(scope="module")
+def wide_model() -> str:
+    """A tiny pipeline that makes 512x512 images (``nbdist.tiny``'s "wide"): the data path is most of its cost."""
+    from nbdist.tiny import ensure_tiny_pipeline
+
+    return str(ensure_tiny_pipeline("wide"))
+
+
+def test_long_run_keeps_the_kernel_small(kernel: Kernel, wide_model: str) -> None:
+    """Kernel RSS over a saved run of 120 images of 512x512 (90 MB of pixels) grows by a fraction of that."""
+    count = 120
+    prompts = "\n".join(f"p{i}" for i in range(count))
+    run = "%%distgen --model {m} -n 2 --steps 1 --guidance 1 --seed {s} -o {o}\n{p}"
+    assert kernel.execute(run.format(m=wide_model, s=0, o="warm", p="a\nb")).error is None
+    rss = "int(open('/proc/self/statm').read().split()[1]) * 4096"
+    before = kernel.value(rss)
+    ex = kernel.execute(run.format(m=wide_model, s=1, o="big", p=prompts), timeout=400)
+    assert ex.error is None, ex.error
+    grown = kernel.value(rss) - before
+    pixels = count * 512 * 512 * 3
+    assert grown < pixels / 4, (grown, pixels)
+    assert kernel.value("(sum(r.ok for r in big), big[-1].image.size)") == (count, (512, 512))
