@@ -51,7 +51,7 @@ from ..parent.output.static_html import (
 )
 from ..parent.results.observer import RunInfo
 from .gallery_state import GalleryState, HeaderView, TileState, format_seconds
-from .gallery_widget import FullImage, GalleryWidget, TileModel
+from .gallery_widget import SYNCED_THUMBNAILS, FullImage, GalleryWidget, TileModel
 
 __all__ = ["WIDGET_VIEW_MIMETYPE", "Gallery"]
 
@@ -221,11 +221,36 @@ class Gallery:
             self._last_flush = self._clock()
         for tile in dirty:
             self.tiles[tile.index].update(tile)
+        self._send_unsynced_thumbnails(dirty)
         self.widget.show_header(header)
         if self._clock() - self._last_fallback >= self.fallback_interval:
             self._update_fallback()
         if self.background and self._result is None:
             self._update_static()
+
+    def _send_unsynced_thumbnails(self, dirty: list[TileState]) -> None:
+        """Thumbnails past the widget state's cap go as one custom message, then the kernel lets go of them
+        (``thumbnails`` makes them again from the files if a browser asks): its memory stays flat."""
+        assert self.widget is not None
+        late = {t.index: t.thumbnail for t in dirty if t.index >= SYNCED_THUMBNAILS and t.thumbnail}
+        self.widget.send_thumbnails(late)
+        for tile in dirty:
+            if tile.index in late:
+                tile.thumbnail = b""
+
+    def thumbnails(self, indices: list[int]) -> dict[int, bytes]:
+        """Thumbnails of finished images, made again from their files (asked for by a browser that lacks them)."""
+        from ..image_files import thumbnail_jpeg
+
+        if self._result is None or self._run is None:
+            return {}
+        by_index = {r.index: r for r in self._result.records}
+        found = {}
+        for index in indices:
+            record = by_index.get(index)
+            if record is not None and record.ok:
+                found[index] = thumbnail_jpeg(record.image, self._run.options.thumbnail_size)
+        return found
 
     def fallback_bundle(self, final: bool = False) -> dict[str, Any]:
         """The text progress: the header's lines; once the run is over, none (the static copy follows)."""
@@ -290,6 +315,7 @@ class Gallery:
 
     def _new_widget(self, tiles: list[TileModel], aspect: float, grids: list[dict[str, Any]]) -> GalleryWidget:
         widget = GalleryWidget(tiles=tiles, aspect=aspect, full_image=self.full_image, grids=grids)
+        widget.thumbnails = self.thumbnails
         widget.add_class("nbdist-live")
         widget.add_class(live_class(self.token))
         return widget

@@ -3,8 +3,12 @@
 Why this shape: a finished image is one comm message carrying only that tile's JPEG (a binary
 buffer, no base64), and a step update only touches the tiles being denoised, so 200+ images never
 cause a full re-render; the JavaScript (``static/gallery.js``) patches the one tile that changed.
-Tile models are plain ``@jupyter-widgets/base`` ``WidgetModel``s, so their state (thumbnails
-included) is saved with the notebook's widget state like any widget's.
+Tile models are plain ``@jupyter-widgets/base`` ``WidgetModel``s, so their state is saved with the
+notebook's widget state like any widget's: the first ``SYNCED_THUMBNAILS`` thumbnails with it. Later
+thumbnails travel as custom messages (``{"type": "thumbs"}`` with binary buffers), which no notebook
+saves: a 5,000-image cell keeps a notebook of a few MB, and the browser asks for the ones it lacks
+when their tiles scroll into view (a reopened page, answered once the kernel is free). The view
+decodes only the thumbnails of tiles in view (``static/gallery.js``), so a long gallery scrolls smoothly.
 
 The full-size image never leaves Python unless asked for: a click in the browser sends a custom
 message, answered with a PNG. While the cell is still running the kernel cannot read browser
@@ -22,9 +26,12 @@ import anywidget
 import ipywidgets as widgets
 import traitlets as t
 
+from ..parent.output.static_html import INLINE_CAP
 from .gallery_state import HeaderView, TileState
 
-__all__ = ["FullImage", "GalleryWidget", "TileModel"]
+__all__ = ["SYNCED_THUMBNAILS", "FullImage", "GalleryWidget", "TileModel"]
+
+SYNCED_THUMBNAILS = INLINE_CAP  # tiles whose thumbnail is widget state (saved in the notebook), as the static copy
 
 _STATIC = Path(__file__).parent / "static"
 
@@ -69,11 +76,12 @@ class TileModel(widgets.Widget):
             self.meta = tile.meta
             self.fraction = tile.step / tile.total if tile.total else 0.0
             self.error = tile.error
-            if tile.thumbnail and tile.thumbnail != self.thumbnail:
+            if tile.thumbnail and tile.thumbnail != self.thumbnail and tile.index < SYNCED_THUMBNAILS:
                 self.thumbnail = tile.thumbnail
 
 
 FullImageSource = Callable[[int], "FullImage | str"]
+ThumbnailSource = Callable[[list[int]], dict[int, bytes]]
 
 
 class GalleryWidget(anywidget.AnyWidget):
@@ -103,6 +111,7 @@ class GalleryWidget(anywidget.AnyWidget):
     ) -> None:
         super().__init__(tiles=tiles, aspect=aspect, grids=grids or [])
         self.full_image = full_image
+        self.thumbnails: ThumbnailSource | None = None  # thumbnails the browser asks for (not in widget state)
         self.on_stop: Callable[[], None] | None = None
         self.on_msg(self._on_custom)
 
@@ -115,6 +124,9 @@ class GalleryWidget(anywidget.AnyWidget):
         if isinstance(content, dict) and content.get("type") == "stop":
             if self.on_stop is not None:
                 self.on_stop()
+            return
+        if isinstance(content, dict) and content.get("type") == "thumbs":
+            self._answer_thumbnails(content.get("indices"))
             return
         if not isinstance(content, dict) or content.get("type") != "full":
             return
@@ -129,3 +141,15 @@ class GalleryWidget(anywidget.AnyWidget):
             self.send(reply, buffers=[answer.png])
         else:
             self.send({"type": "full", "index": index, "ok": False, "error": answer})
+
+    def send_thumbnails(self, thumbnails: dict[int, bytes]) -> None:
+        """Thumbnails outside the widget state, one message for all: ``indices`` name the buffers in order."""
+        if thumbnails:
+            self.send({"type": "thumbs", "indices": list(thumbnails)}, buffers=list(thumbnails.values()))
+
+    def _answer_thumbnails(self, indices: Any) -> None:
+        """Browser → kernel: thumbnails of tiles scrolled into view that it does not have (at most 200 a time)."""
+        if self.thumbnails is None or not isinstance(indices, list):
+            return
+        wanted = [int(i) for i in indices[:200] if isinstance(i, int)]
+        self.send_thumbnails(self.thumbnails(wanted))
