@@ -40,18 +40,20 @@ from ..messages import Message
 from ..parent.output.grid import layout
 from ..parent.output.saving import run_parameters
 from ..parent.output.static_html import (
+    INLINE_BYTES,
     INLINE_CAP,
     StaticTile,
     data_uri,
     fallback_html,
     image_detail,
+    inlined,
     live_class,
     result_html,
     static_copy,
 )
 from ..parent.results.observer import RunInfo
 from .gallery_state import GalleryState, HeaderView, TileState, format_seconds
-from .gallery_widget import SYNCED_THUMBNAILS, FullImage, GalleryWidget, TileModel
+from .gallery_widget import FullImage, GalleryWidget, TileModel
 
 __all__ = ["WIDGET_VIEW_MIMETYPE", "Gallery"]
 
@@ -101,6 +103,8 @@ class Gallery:
         self._result: Any = None
         self._run: RunInfo | None = None
         self._params: dict[str, Any] = {}
+        self._synced: set[int] = set()  # tiles whose thumbnail is widget state (within the static copy's caps)
+        self._synced_bytes = 0
         self.token = secrets.token_hex(6)
         self._created = clock()  # the cell's start, near enough: what the early header's elapsed counts from
         self._phase = ""  # what the run is doing before it starts (the early header's line)
@@ -219,23 +223,36 @@ class Gallery:
             dirty = self.state.take_dirty()
             header = self.state.header()
             self._last_flush = self._clock()
+        late = {}  # thumbnails past the widget state's caps
         for tile in dirty:
-            self.tiles[tile.index].update(tile)
-        self._send_unsynced_thumbnails(dirty)
+            synced = self._may_sync(tile)
+            self.tiles[tile.index].update(tile, thumbnail=synced)
+            if tile.thumbnail and not synced:
+                late[tile.index] = tile.thumbnail
+        self._send_unsynced_thumbnails(late, dirty)
         self.widget.show_header(header)
         if self._clock() - self._last_fallback >= self.fallback_interval:
             self._update_fallback()
         if self.background and self._result is None:
             self._update_static()
 
-    def _send_unsynced_thumbnails(self, dirty: list[TileState]) -> None:
-        """Thumbnails past the widget state's cap go as one custom message, then the kernel lets go of them
-        (``thumbnails`` makes them again from the files if a browser asks): its memory stays flat."""
+    def _may_sync(self, tile: TileState) -> bool:
+        """Whether a new thumbnail may become widget state (saved with the notebook): within the caps."""
+        if not tile.thumbnail or tile.index in self._synced:
+            return tile.index in self._synced
+        if len(self._synced) >= INLINE_CAP or self._synced_bytes + len(tile.thumbnail) > INLINE_BYTES:
+            return False
+        self._synced.add(tile.index)
+        self._synced_bytes += len(tile.thumbnail)
+        return True
+
+    def _send_unsynced_thumbnails(self, late: dict[int, bytes], dirty: list[TileState]) -> None:
+        """Thumbnails past the caps go as one custom message, then the kernel lets go of them (``thumbnails``
+        makes them again from the files if a browser asks): its memory stays flat."""
         assert self.widget is not None
-        late = {t.index: t.thumbnail for t in dirty if t.index >= SYNCED_THUMBNAILS and t.thumbnail}
         self.widget.send_thumbnails(late)
         for tile in dirty:
-            if tile.index in late:
+            if tile.index in late and tile.index >= INLINE_CAP:  # the background static copy keeps the first
                 tile.thumbnail = b""
 
     def thumbnails(self, indices: list[int]) -> dict[int, bytes]:
@@ -283,7 +300,9 @@ class Gallery:
         if result is not None:
             return {"text/html": result_html(result), "text/plain": f"nbdist gallery: {result.summary()}"}
         with self._lock:
-            tiles = {tile.index: _static_tile(tile) for tile in self.state.tiles[:INLINE_CAP]}
+            head = self.state.tiles[:INLINE_CAP]
+            shown = inlined([(tile.index, tile.thumbnail) for tile in head])
+            tiles = {tile.index: _static_tile(tile, tile.index in shown) for tile in head}
             done, total = self.state.done, len(self.state.tiles)
         heading = f"still running: {done} of {total} images so far"
         run = self._run
@@ -396,10 +415,10 @@ def _file_image(path: Any, name: str) -> FullImage | str:
     return FullImage(data, name, width, height)
 
 
-def _static_tile(tile: TileState) -> StaticTile:
+def _static_tile(tile: TileState, inline: bool = True) -> StaticTile:
     """A tile of a background run's static copy while it is still going (what the live tile shows)."""
     detail = image_detail(tile.index, tile.seed, tile.rank, tile.device, tile.seconds, params=tile.params)
-    if tile.thumbnail:
+    if tile.thumbnail and inline:
         return StaticTile(src=data_uri(tile.thumbnail), caption=tile.prompt, title=tile.prompt, detail=detail)
     error = tile.label if tile.status in ("failed", "stopped", "missing") else "not generated yet"
     return StaticTile(src=None, caption=tile.prompt, title=tile.prompt, error=error, detail=detail)

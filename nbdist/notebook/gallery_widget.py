@@ -4,7 +4,8 @@ Why this shape: a finished image is one comm message carrying only that tile's J
 buffer, no base64), and a step update only touches the tiles being denoised, so 200+ images never
 cause a full re-render; the JavaScript (``static/gallery.js``) patches the one tile that changed.
 Tile models are plain ``@jupyter-widgets/base`` ``WidgetModel``s, so their state is saved with the
-notebook's widget state like any widget's: the first ``SYNCED_THUMBNAILS`` thumbnails with it. Later
+notebook's widget state like any widget's: thumbnails too, up to the static copy's caps
+(``INLINE_CAP`` images, ``INLINE_BYTES``, in the order they arrive; the ``Gallery`` decides). Later
 thumbnails travel as custom messages (``{"type": "thumbs"}`` with binary buffers), which no notebook
 saves: a 5,000-image cell keeps a notebook of a few MB, and the browser asks for the ones it lacks
 when their tiles scroll into view (a reopened page, answered once the kernel is free). The view
@@ -26,12 +27,9 @@ import anywidget
 import ipywidgets as widgets
 import traitlets as t
 
-from ..parent.output.static_html import INLINE_CAP
 from .gallery_state import HeaderView, TileState
 
-__all__ = ["SYNCED_THUMBNAILS", "FullImage", "GalleryWidget", "TileModel"]
-
-SYNCED_THUMBNAILS = INLINE_CAP  # tiles whose thumbnail is widget state (saved in the notebook), as the static copy
+__all__ = ["FullImage", "GalleryWidget", "TileModel"]
 
 _STATIC = Path(__file__).parent / "static"
 
@@ -68,15 +66,15 @@ class TileModel(widgets.Widget):
         model.update(tile)
         return model
 
-    def update(self, tile: TileState) -> None:
-        """Copy the tile's state; traitlets sends only what changed, in one message."""
+    def update(self, tile: TileState, thumbnail: bool = True) -> None:
+        """Copy the tile's state (its thumbnail if ``thumbnail``); traitlets sends only what changed, in one message."""
         with self.hold_sync():
             self.status = tile.status
             self.label = tile.label
             self.meta = tile.meta
             self.fraction = tile.step / tile.total if tile.total else 0.0
             self.error = tile.error
-            if tile.thumbnail and tile.thumbnail != self.thumbnail and tile.index < SYNCED_THUMBNAILS:
+            if thumbnail and tile.thumbnail and tile.thumbnail != self.thumbnail:
                 self.thumbnail = tile.thumbnail
 
 
