@@ -128,3 +128,32 @@ def test_long_run_keeps_the_kernel_small(kernel: Kernel, wide_model: str) -> Non
     pixels = count * 512 * 512 * 3
     assert grown < pixels / 4, (grown, pixels)
     assert kernel.value("(sum(r.ok for r in big), big[-1].image.size)") == (count, (512, 512))
+
+
+def test_static_copy_caps_what_it_inlines_and_links_the_rest(tmp_path: Path) -> None:
+    """5,000 records: the copy inlines at most INLINE_CAP thumbnails and INLINE_BYTES, then links index.html."""
+    from nbdist.jobs import make_jobs
+    from nbdist.options import GenerateOptions
+    from nbdist.parent.output.static_html import INLINE_BYTES, INLINE_CAP, result_html
+    from nbdist.parent.results.result import GenerationResult, ImageRecord
+
+    jobs = make_jobs([f"p{i}" for i in range(5000)], 1, 0)
+    thumb = b"\xff" * 20_000  # 20 KB each: the byte cap binds first (150 of them)
+    records = [ImageRecord(j.index, j.prompt, j.index, j.seed, path=tmp_path / f"{j.index}.png") for j in jobs]
+    for record in records:
+        record.thumbnail = thumb
+    result = GenerationResult(records, [], GenerateOptions(seed=0), 0, "m", 2, 1.0, save_dir=tmp_path, jobs=jobs)
+    page = result_html(result)
+    inlined = page.count("data:image/jpeg")
+    assert inlined == min(INLINE_CAP, INLINE_BYTES // len(thumb)) and len(page) < 6_000_000
+    assert f"{5000 - inlined} more images" in page and str(tmp_path / "index.html") in page
+    for record in records:
+        record.thumbnail = b"\xff" * 500  # small ones: the count cap
+    assert result_html(result).count("data:image/jpeg") == INLINE_CAP
+
+
+def test_run_folder_names() -> None:
+    from nbdist.parent.runs.folders import run_folder_name
+
+    name = run_folder_name(["  An Astronaut, riding a horse on the moon at night"], when=0)
+    assert name.endswith("-an-astronaut-riding-a-horse") and len(name.split("-")) == 4 + 5, name
