@@ -207,7 +207,7 @@ def _detail(record: Any) -> str:
 
 
 INLINE_CAP = 240  # thumbnails a static copy inlines at most
-INLINE_BYTES = 3_000_000  # and JPEG bytes (4 MB as base64): a 5,000-image cell keeps a notebook of a few MB
+INLINE_BYTES = 2_500_000  # and JPEG bytes (3.3 MB as base64): a 5,000-image cell keeps a notebook under 10 MB
 
 
 def inlined(thumbnails: Sequence[tuple[int, bytes | None]]) -> set[int]:
