@@ -599,7 +599,7 @@ from nbdist.image_files import thumbnail_jpeg
 from nbdist.messages import ImageReady, WorkerStarted
 gallery.on_message(WorkerStarted(0, "cpu", 0, len(jobs), 1))
 for j in jobs:
-    thumb = thumbnail_jpeg(Image.new("RGB", (64, 64), (j.index % 256, 40 * (j.index // 256), 128)), 64)
+    thumb = thumbnail_jpeg(Image.new("RGB", (64, 64), (j.index % 256, 30 * (j.index // 256), 128)), 64)
     gallery.on_message(ImageReady(j.index, 0, "cpu", 0.01, "RGB", (64, 64), None, thumb, path=f"{j.index}.png"))
 gallery.flush()
 """
@@ -627,7 +627,9 @@ def test_a_long_gallery_draws_only_the_tiles_in_view(lab: str, tmp_path: Path) -
         tiles = page.locator(".nbdist-gallery .nbdist-tile")
         expect(tiles).to_have_count(MANY_TILES, timeout=120_000)
         page.keyboard.press("Shift+Enter")  # every image arrives
-        page.wait_for_function(f"({_PICTURES})().includes(0)", timeout=120_000)
+        expect(cells.nth(1).locator(".jp-InputArea-prompt")).to_contain_text("[2]", timeout=120_000)
+        tiles.first.scroll_into_view_if_needed()
+        page.wait_for_function(f"({_PICTURES})().includes(0)", timeout=60_000)
         first = page.evaluate(_PICTURES)
         assert 0 < len(first) < 300 and max(first) < 300, first  # the tiles around the view, not 2,000
         last = tiles.nth(MANY_TILES - 1)
