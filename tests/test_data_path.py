@@ -8,6 +8,7 @@ had received complete on disk and in the manifest.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -157,3 +158,41 @@ def test_run_folder_names() -> None:
 
     name = run_folder_name(["  An Astronaut, riding a horse on the moon at night"], when=0)
     assert name.endswith("-an-astronaut-riding-a-horse") and len(name.split("-")) == 4 + 5, name
+
+
+def test_outbox_forms_and_the_kernel_writer(tmp_path: Path) -> None:
+    """The three forms an image takes (``SaveTarget``): a file the worker wrote, PNG bytes the kernel
+    writes (workers on other machines), raw pixels (``--no-save``); each saved file carries the text chunk."""
+    import queue
+
+    from nbdist.jobs import make_jobs
+    from nbdist.messages import SaveTarget
+    from nbdist.options import GenerateOptions
+    from nbdist.parent.output.saving import DiskWriter
+    from nbdist.parent.results.observer import RunInfo
+    from nbdist.worker.outbox import Outbox
+
+    jobs = make_jobs(["a red circle"], 1, 7)
+    image = Image.new("RGB", (64, 32), (200, 10, 10))
+    params = {"model": "m", "steps": 1}
+    sent: queue.Queue = queue.Queue()
+    outbox = Outbox(sent, 16, SaveTarget(str(tmp_path / "worker"), params))
+    (tmp_path / "worker").mkdir()
+    outbox.send_image(jobs[0], 0, "cpu", 0.5, image)
+    outbox.use(SaveTarget(None, params))
+    outbox.send_image(jobs[0], 1, "cpu", 0.5, image)
+    outbox.use(None)
+    outbox.send_image(jobs[0], 2, "cpu", 0.5, image)
+    outbox.close()
+    wrote, encoded, pixels = (sent.get_nowait() for _ in range(3))
+    assert (wrote.path, wrote.png, wrote.pixels) == (str(tmp_path / "worker" / "00000-a-red-circle.png"), None, None)
+    assert encoded.png is not None and encoded.path is None and pixels.pixels == image.tobytes()
+    assert all(max(Image.open(io.BytesIO(m.thumbnail)).size) <= 16 for m in (wrote, encoded, pixels))
+    writer = DiskWriter(tmp_path / "kernel")
+    writer.on_start(RunInfo(jobs, GenerateOptions(seed=7), "m", 7, 1, "cpu", 32, 64))
+    writer.on_message(encoded)  # written at once, as it came
+    for path in (Path(wrote.path), tmp_path / "kernel" / "00000-a-red-circle.png"):
+        with Image.open(path) as saved:
+            assert saved.tobytes() == image.tobytes() and json.loads(saved.text["nbdist"])["seed"] == 7
+    [line] = (tmp_path / "kernel" / "manifest.jsonl").read_text().splitlines()
+    assert json.loads(line)["file"] == "00000-a-red-circle.png" and json.loads(line)["rank"] == 1
