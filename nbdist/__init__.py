@@ -17,6 +17,7 @@ from .options import GenerateOptions, NbdistUsageError  # noqa: E402
 from .parent.api import generate, shutdown, status  # noqa: E402
 from .parent.pool.run import RunHandle  # noqa: E402
 from .parent.results.result import GenerationResult, ImageRecord  # noqa: E402
+from .parent.runs.opening import open_run  # noqa: E402
 
 __all__ = [
     "GenerateOptions",
@@ -28,6 +29,7 @@ __all__ = [
     "demo_model",
     "generate",
     "load_ipython_extension",
+    "open_run",
     "shutdown",
     "status",
 ]

@@ -118,7 +118,19 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
     ),
     Argument(
         ("--save-dir",),
-        {"metavar": "DIR", "help": "write each PNG (with its parameters) and manifest.jsonl here"},
+        {
+            "metavar": "DIR",
+            "help": "write each PNG (with its parameters) and manifest.jsonl here (default: a new folder "
+            "nbdist-runs/<date>-<time>-<first words>/ next to the notebook, or under $NBDIST_SAVE_DIR)",
+        },
+    ),
+    Argument(
+        ("--no-save",),
+        {
+            "action": "store_false",
+            "dest": "save",
+            "help": "write nothing: keep every full-size image in the kernel's memory instead",
+        },
     ),
     Argument(
         ("--overwrite",),

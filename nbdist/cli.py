@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .arguments import add_to_parser, as_typed, options_from_args
-from .jobs import ImageJob
 from .options import NbdistUsageError
 
 __all__ = ["build_parser", "main", "read_prompts"]
@@ -76,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the PNGs (with their parameters), manifest.jsonl and index.html; one that already "
         "holds a run is refused unless --overwrite",
     )
-    add_to_parser(gen, skip=("save_dir",))
+    add_to_parser(gen, skip=("save_dir", "save"))  # the CLI always saves, into --out
+    gen.set_defaults(save=True)
     return parser
 
 
@@ -98,22 +98,17 @@ def read_prompts(path: str | None, extra: Sequence[str] = ()) -> list[str]:
 def _plain(model: str, prompts: list[str], args: argparse.Namespace) -> int:
     """Not under a launcher: fork the workers through ``nbdist.generate``, like the magic."""
     from .parent.api import generate
-    from .parent.output.index_page import write_index
     from .parent.output.terminal import TerminalProgress
 
     result = generate(model, prompts, options=options_from_args(args), observers=[TerminalProgress(sys.stderr)])
-    entries = [{"index": r.index, "file": r.path.name} for r in result.records if r.ok and r.path is not None]
-    failures = {r.index: r.error for r in result.records if r.error is not None}
-    made = [ImageJob(r.index, r.prompt_index, r.prompt, r.seed) for r in result.records]
-    jobs = sorted([*result.missing, *made], key=lambda j: j.index)
+    saved = sum(1 for r in result.records if r.ok and r.path is not None)  # index.html: written by the run
     summary = result.summary()
-    index = write_index(args.save_dir, jobs, entries, failures=failures, heading=f"{result.model}: {summary}")
     for failure in result.worker_failures:
         print(f"nbdist: worker {failure.rank} failed: {failure.error}", file=sys.stderr)
     if result.device_map:
         print(f"hf_device_map: {result.device_map}")
     print(f"nbdist: {summary}", file=sys.stderr)
-    print(f"nbdist: wrote {len(entries)} PNG(s), manifest.jsonl and {index.name} in {args.save_dir}", file=sys.stderr)
+    print(f"nbdist: wrote {saved} PNG(s), manifest.jsonl and index.html in {args.save_dir}", file=sys.stderr)
     return 0 if result.complete else 1
 
 

@@ -1,9 +1,12 @@
 """Plain picklable messages from the workers to the parent.
 
 Workers never draw widgets or touch the notebook: they put these on a fork-context queue, and one
-collector thread in the parent turns them into results, files and gallery updates. Pixels travel as
-raw bytes (the full image, rebuilt in the parent) plus a small JPEG thumbnail for display, so nothing
-heavy is encoded twice and the browser never receives a full-size image it did not ask for.
+collector thread in the parent turns them into results, files and gallery updates. A finished image
+travels in one of three forms, chosen per run by the parent (``SaveTarget``): the path of the PNG the
+worker wrote itself (forked workers share the kernel's disk: the kernel never touches the pixels), PNG
+bytes the worker encoded (workers on other machines: the kernel only writes them), or raw pixels
+(``--no-save``: the image stays in memory). Each comes with a small JPEG thumbnail for display, so the
+browser never receives a full-size image it did not ask for.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ __all__ = [
     "RunCommand",
     "RunFinished",
     "RunStarted",
+    "SaveTarget",
     "StepPreview",
     "StepProgress",
     "WorkerFinished",
@@ -50,8 +54,26 @@ class StepProgress:
 
 
 @dataclass(frozen=True)
+class SaveTarget:
+    """Where a run's images go, decided by the parent and carried in each ``RunCommand``.
+
+    ``folder`` set: the worker writes each PNG there itself (temporary name, then rename) and sends its
+    path; only for workers that share the kernel's filesystem (forked workers always do). ``folder``
+    None: the worker encodes the PNG and sends its bytes; the kernel writes them (workers on other
+    machines, e.g. Ray actors). No ``SaveTarget`` at all (``--no-save``): raw pixels, kept in memory.
+    ``params`` are the run's parameters for the PNG text chunk (``image_files.image_metadata``).
+    """
+
+    folder: str | None
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ImageReady:
-    """One finished image: full pixels as raw bytes, plus a display-sized JPEG thumbnail."""
+    """One finished image: a display-sized JPEG thumbnail plus the image as ``path``, ``png`` or ``pixels``.
+
+    Exactly one of the three is set (see ``SaveTarget``); ``mode`` and ``size`` describe the image.
+    """
 
     index: int
     rank: int
@@ -59,15 +81,23 @@ class ImageReady:
     seconds: float
     mode: str
     size: tuple[int, int]
-    pixels: bytes
+    pixels: bytes | None
     thumbnail: bytes
     note: str | None = None  # e.g. blanked by the safety checker
+    path: str | None = None  # the complete PNG the worker wrote
+    png: bytes | None = None  # the PNG the worker encoded, for the kernel to write
 
     def to_pil(self):  # noqa: ANN201 - PIL.Image.Image, imported lazily
-        """The full-size image, rebuilt without any decoding."""
+        """The full-size image: rebuilt from raw pixels without decoding, else decoded from the PNG."""
+        import io
+
         from PIL import Image
 
-        return Image.frombytes(self.mode, self.size, self.pixels)
+        if self.pixels is not None:
+            return Image.frombytes(self.mode, self.size, self.pixels)
+        with Image.open(io.BytesIO(self.png) if self.png is not None else str(self.path)) as image:
+            image.load()
+            return image
 
 
 @dataclass(frozen=True)
@@ -131,6 +161,7 @@ class RunCommand:
     jobs: tuple[Any, ...]
     options: Any
     call: Any  # a CallSettings: the call arguments every image gets
+    save: SaveTarget | None = None  # None: send raw pixels (--no-save)
 
 
 Command = RunCommand | None  # None: stop serving and exit

@@ -39,7 +39,8 @@ class GenerateOptions:
     num_processes: int | None = None
     dtype: str | None = None
     device: str = "auto"
-    save_dir: str | None = None
+    save_dir: str | None = None  # None: a new folder under nbdist-runs/ (parent/runs/folders.py), unless not save
+    save: bool = True  # False (--no-save): nothing written, every image kept in memory
     schedule: str | None = None  # "static" or "dynamic"; None: static, dynamic for a sweep
     allow_pickle: bool = False
     thumbnail_size: int = 256
@@ -100,6 +101,8 @@ class GenerateOptions:
             raise NbdistUsageError(f"unknown --device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise NbdistUsageError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        if self.save_dir is not None and not self.save:
+            raise NbdistUsageError("--no-save and --save-dir contradict each other: choose one")
         if self.save_dir is not None:
             check_writable_dir(Path(self.save_dir))
             if previous_run and not self.overwrite:

@@ -36,11 +36,15 @@ class TinySize:
     text_layers: int
     vae_channels: tuple[int, ...]
     sample_size: int  # latent side; the image side is sample_size * 2 ** (len(vae_channels) - 1)
+    vae_attention: bool = True  # the VAE's mid-block attention (quadratic in the latent's pixels)
 
 
 SIZES: dict[str, TinySize] = {
     "tiny": TinySize((32, 64), 1, 32, 2, (32, 64), 32),
     "cpu": TinySize((64, 128, 192), 2, 128, 4, (32, 64, 64), 32),
+    # 512x512 images that cost little to make (a fast model's stand-in for benchmarks/data_path.py): the
+    # VAE scales its 16x16 latents by 32 through thin layers, with no attention
+    "wide": TinySize((32, 64), 1, 32, 2, (16,) * 6, 16, vae_attention=False),
 }
 
 
@@ -116,6 +120,7 @@ def _tiny_vae(spec: Any):  # noqa: ANN202 - diffusers type
         latent_channels=4,
         norm_num_groups=16,
         sample_size=spec.sample_size * 2 ** (m - 1),
+        mid_block_add_attention=spec.vae_attention,
     )
 
 

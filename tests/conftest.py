@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from kernel import Kernel
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _runs_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runs save their images by default (``nbdist-runs/`` in the working folder): in tests, under a temp folder.
+
+    Kernels inherit it; a test about the default location takes it out of the kernel's environment.
+    """
+    before = os.environ.get("NBDIST_SAVE_DIR")
+    os.environ["NBDIST_SAVE_DIR"] = str(tmp_path_factory.mktemp("nbdist-runs"))
+    yield
+    if before is None:
+        os.environ.pop("NBDIST_SAVE_DIR", None)
+    else:
+        os.environ["NBDIST_SAVE_DIR"] = before
 
 
 @pytest.fixture(scope="session")

@@ -134,7 +134,7 @@ def test_nasty_prompts_are_safe(shared_kernel: Kernel, tiny_model: str, tmp_path
     files = sorted(out.iterdir())
     pngs = [f for f in files if f.suffix == ".png"]
     assert len(pngs) == len(kept)
-    assert {f.name for f in files} == {p.name for p in pngs} | {"manifest.jsonl"}  # nothing else, nowhere else
+    assert {f.name for f in files} == {p.name for p in pngs} | {"index.html", "manifest.jsonl"}  # nothing else
     for path in pngs:
         assert re.fullmatch(r"\d{5}-[a-z0-9-]+\.png", path.name), path.name
         assert path.resolve().parent == out.resolve()

@@ -581,3 +581,61 @@ def _background_runs(page, url: str, path: Path) -> None:
     whole, cut = _saved_static(path, 2), _saved_static(path, 3)
     assert whole.count("<img ") == 6 and "6 of 6 images" in whole
     assert cut.count("<img ") == made and cut.count("not generated (stopped)") == 24 - made
+
+
+MANY_TILES = 2000
+_MANY_SETUP = f"""
+from nbdist.jobs import make_jobs
+from nbdist.notebook.gallery import Gallery
+from nbdist.options import GenerateOptions
+from nbdist.parent.results.observer import RunInfo
+jobs = make_jobs([f"tile {{i}}" for i in range({MANY_TILES})], 1, 0)
+gallery = Gallery(fallback=False)
+gallery.on_start(RunInfo(jobs, GenerateOptions(seed=0), "synthetic", 0, 1, "cpu", 64, 64))
+"""
+_MANY_IMAGES = """
+from PIL import Image
+from nbdist.image_files import thumbnail_jpeg
+from nbdist.messages import ImageReady, WorkerStarted
+gallery.on_message(WorkerStarted(0, "cpu", 0, len(jobs), 1))
+for j in jobs:
+    thumb = thumbnail_jpeg(Image.new("RGB", (64, 64), (j.index % 256, 30 * (j.index // 256), 128)), 64)
+    gallery.on_message(ImageReady(j.index, 0, "cpu", 0.01, "RGB", (64, 64), None, thumb, path=f"{j.index}.png"))
+gallery.flush()
+"""
+_PICTURES = """() => [...document.querySelectorAll(".nbdist-tile")].filter((f) => f.querySelector("img[src]"))
+  .map((f) => Number(f.dataset.index))"""
+
+
+def test_a_long_gallery_draws_only_the_tiles_in_view(lab: str, tmp_path: Path) -> None:
+    """2,000 tiles: the ones in view hold an image, the others none; scrolling to the end loads the last
+    ones (thumbnails past the widget-state cap, sent as custom messages) and lets the first ones go.
+
+    The gallery is the real widget fed real worker messages from a cell (2,000 generated images would
+    take minutes here and test nothing more of the browser side)."""
+    import nbformat
+    from playwright.sync_api import expect
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(_MANY_SETUP), nbformat.v4.new_code_cell(_MANY_IMAGES)]
+    nbformat.write(notebook, tmp_path / "notebooks" / "many.ipynb")
+    with _browser_page("many-tiles") as page:
+        _open_ready_notebook(page, lab.replace("quickstart.ipynb", "many.ipynb"))
+        cells = page.locator(".jp-CodeCell")
+        cells.first.click()
+        page.keyboard.press("Shift+Enter")  # the gallery and its 2,000 empty tiles
+        tiles = page.locator(".nbdist-gallery .nbdist-tile")
+        expect(tiles).to_have_count(MANY_TILES, timeout=120_000)
+        page.keyboard.press("Shift+Enter")  # every image arrives
+        expect(cells.nth(1).locator(".jp-InputArea-prompt")).to_contain_text("[2]", timeout=120_000)
+        tiles.first.scroll_into_view_if_needed()
+        page.wait_for_function(f"({_PICTURES})().includes(0)", timeout=60_000)
+        first = page.evaluate(_PICTURES)
+        assert 0 < len(first) < 300 and max(first) < 300, first  # the tiles around the view, not 2,000
+        last = tiles.nth(MANY_TILES - 1)
+        last.scroll_into_view_if_needed()
+        page.wait_for_function(f"({_PICTURES})().includes({MANY_TILES - 1})", timeout=60_000)
+        later = page.evaluate(_PICTURES)
+        assert 0 not in later and len(later) < 300 and min(later) > 1000, later
+        assert last.locator("img").get_attribute("src").startswith("blob:")
+        page.screenshot(path=str(ARTIFACTS / "many-tiles.png"))

@@ -101,7 +101,7 @@ def test_save_dir_writes_png_metadata_and_manifest(tiny_model: str, tmp_path) ->
     assert len(files) == 3
     assert all("/" not in f and not f.startswith(".") for f in files)
     assert files[0].startswith("00000-a-dog")
-    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "manifest.jsonl"])  # nothing outside
+    assert sorted(p.name for p in out.iterdir()) == sorted([*files, "index.html", "manifest.jsonl"])  # nothing else
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(m["index"] for m in manifest) == [0, 1, 2]
     by_index = {m["index"]: m for m in manifest}

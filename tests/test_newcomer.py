@@ -101,13 +101,14 @@ def test_save_dir_never_mixes_two_runs(newcomer: Kernel, tmp_path: Path) -> None
     before = sorted(p.name for p in out.iterdir())
     message = usage_error(newcomer.execute(f'{line} -p "a green circle on a black background"'))
     assert message == (
-        f"--save-dir {str(out)!r} already holds a run (2 PNG(s) and manifest.jsonl): add --overwrite to "
+        f"--save-dir {str(out)!r} already holds a run (2 PNG(s), index.html and manifest.jsonl): add --overwrite to "
         "replace it, or choose another folder"
     )
     assert sorted(p.name for p in out.iterdir()) == before  # refused before anything was written
     assert newcomer.execute(f'{line} --overwrite -p "a green circle on a black background"').error is None
     assert sorted(p.name for p in out.iterdir()) == [
         "00000-a-green-circle-on-a-black-background.png",
+        "index.html",
         "manifest.jsonl",
         "notes.txt",  # not nbdist's: kept
     ]

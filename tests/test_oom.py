@@ -106,7 +106,7 @@ def unit(tiny_model: str) -> tuple[Any, UNetCalls, Any]:
     options = GenerateOptions(steps=STEPS, guidance=GUIDANCE, batch_size=2)
     worker = ReadyWorker(state=None, pipe=pipe, rank=0, device="cpu")
     sent: queue.Queue[Any] = queue.Queue()
-    outbox = Outbox(sent, thumbnail_size=32)
+    outbox = Outbox(sent, thumbnail_size=32, save=None)
     jobs = make_jobs(PROMPTS[:2], 1, 0)
     assert make_images(worker, batches(jobs, 2), resolve_call(pipe, tiny_model, options), outbox)
     outbox.close()

@@ -24,23 +24,29 @@ by the finished run's copy at the end, so a notebook saved mid-run or after it k
 
 from __future__ import annotations
 
+import io
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from IPython.display import display, update_display
 
+from ..image_files import encode_png, image_metadata
 from ..messages import Message
 from ..parent.output.grid import layout
-from ..parent.output.saving import image_metadata, png_text, run_parameters
+from ..parent.output.saving import run_parameters
 from ..parent.output.static_html import (
+    INLINE_BYTES,
+    INLINE_CAP,
     StaticTile,
     data_uri,
     fallback_html,
     image_detail,
+    inlined,
     live_class,
     result_html,
     static_copy,
@@ -49,7 +55,7 @@ from ..parent.output.vscode import in_vscode
 from ..parent.results.observer import RunInfo
 from .gallery_actions import GalleryActions, tile_cells
 from .gallery_state import GalleryState, HeaderView, TileState, format_seconds
-from .gallery_widget import FullImage, GalleryWidget, TileModel, png_bytes
+from .gallery_widget import FullImage, GalleryWidget, TileModel
 
 __all__ = ["WIDGET_VIEW_MIMETYPE", "Gallery"]
 
@@ -107,6 +113,8 @@ class Gallery:
         self._result: Any = None
         self._run: RunInfo | None = None
         self._params: dict[str, Any] = {}
+        self._synced: set[int] = set()  # tiles whose thumbnail is widget state (within the static copy's caps)
+        self._synced_bytes = 0
         self.token = secrets.token_hex(6)
         self._created = clock()  # the cell's start, near enough: what the early header's elapsed counts from
         self._phase = ""  # what the run is doing before it starts (the early header's line)
@@ -243,13 +251,51 @@ class Gallery:
             dirty = self.state.take_dirty()
             header = self.state.header()
             self._last_flush = self._clock()
+        late = {}  # thumbnails past the widget state's caps
         for tile in dirty:
-            self.tiles[tile.index].update(tile)
+            synced = self._may_sync(tile)
+            self.tiles[tile.index].update(tile, thumbnail=synced)
+            if tile.thumbnail and not synced:
+                late[tile.index] = tile.thumbnail
+        self._send_unsynced_thumbnails(late, dirty)
         self.widget.show_header(header)
         if self._clock() - self._last_fallback >= self.fallback_interval:
             self._update_fallback()
         if self.background and self._result is None:
             self._update_static()
+
+    def _may_sync(self, tile: TileState) -> bool:
+        """Whether a new thumbnail may become widget state (saved with the notebook): within the caps."""
+        if not tile.thumbnail or tile.index in self._synced:
+            return tile.index in self._synced
+        if len(self._synced) >= INLINE_CAP or self._synced_bytes + len(tile.thumbnail) > INLINE_BYTES:
+            return False
+        self._synced.add(tile.index)
+        self._synced_bytes += len(tile.thumbnail)
+        return True
+
+    def _send_unsynced_thumbnails(self, late: dict[int, bytes], dirty: list[TileState]) -> None:
+        """Thumbnails past the caps go as one custom message, then the kernel lets go of them (``thumbnails``
+        makes them again from the files if a browser asks): its memory stays flat."""
+        assert self.widget is not None
+        self.widget.send_thumbnails(late)
+        for tile in dirty:
+            if tile.index in late and tile.index >= INLINE_CAP:  # the background static copy keeps the first
+                tile.thumbnail = b""
+
+    def thumbnails(self, indices: list[int]) -> dict[int, bytes]:
+        """Thumbnails of finished images, made again from their files (asked for by a browser that lacks them)."""
+        from ..image_files import thumbnail_jpeg
+
+        if self._result is None or self._run is None:
+            return {}
+        by_index = {r.index: r for r in self._result.records}
+        found = {}
+        for index in indices:
+            record = by_index.get(index)
+            if record is not None and record.ok:
+                found[index] = thumbnail_jpeg(record.image, self._run.options.thumbnail_size)
+        return found
 
     def fallback_bundle(self, final: bool = False) -> dict[str, Any]:
         """The text progress: the header's lines; once the run is over, none (the static copy follows)."""
@@ -282,7 +328,9 @@ class Gallery:
         if result is not None:
             return {"text/html": result_html(result), "text/plain": f"nbdist gallery: {result.summary()}"}
         with self._lock:
-            tiles = {tile.index: _static_tile(tile) for tile in self.state.tiles}
+            head = self.state.tiles[:INLINE_CAP]
+            shown = inlined([(tile.index, tile.thumbnail) for tile in head])
+            tiles = {tile.index: _static_tile(tile, tile.index in shown) for tile in head}
             done, total = self.state.done, len(self.state.tiles)
         heading = f"still running: {done} of {total} images so far"
         run = self._run
@@ -314,6 +362,7 @@ class Gallery:
 
     def _new_widget(self, tiles: list[TileModel], aspect: float, grids: list[dict[str, Any]]) -> GalleryWidget:
         widget = GalleryWidget(tiles=tiles, aspect=aspect, full_image=self.full_image, grids=grids)
+        widget.thumbnails = self.thumbnails
         widget.add_class("nbdist-live")
         widget.add_class(live_class(self.token))
         return widget
@@ -346,23 +395,27 @@ class Gallery:
         self._fallback_sent, self._last_fallback = bundle, self._clock()
 
     def full_image(self, index: int) -> FullImage | str:
-        """Image ``index`` at full size as PNG, or why it is not available (asked by the browser)."""
+        """Image ``index`` at full size as PNG, or why it is not available (asked by the browser).
+
+        A saved image is its file, sent as it is (its text chunk included); only a ``--no-save`` one is encoded.
+        """
         if self._result is None:
             return "the run is still going"
         record = next((r for r in self._result.records if r.index == index), None)
-        if record is None or record.image is None:
+        if record is None or not record.ok:
             return (record.error if record is not None else None) or "this image was not generated"
+        name = f"nbdist-{index:04d}-seed{record.seed}.png"
+        if record.path is not None:
+            return _file_image(record.path, name)
         width, height = record.image.size
-        return FullImage(
-            png_bytes(record.image, self._png_text(record)), f"nbdist-{index:04d}-seed{record.seed}.png", width, height
-        )
+        return FullImage(encode_png(record.image, self._metadata(record)), name, width, height)
 
-    def _png_text(self, record: Any) -> Any:
-        """The PNG text chunk for a record: the same parameters the PNGs ``--save-dir`` writes carry."""
+    def _metadata(self, record: Any) -> dict[str, Any] | None:
+        """The parameters of a record, as the saved PNGs carry them in their text chunk."""
         job = next((j for j in self._run.jobs if j.index == record.index), None) if self._run is not None else None
         if job is None:
             return None
-        meta = image_metadata(
+        return image_metadata(
             self._params,
             job,
             size=record.image.size,
@@ -371,17 +424,29 @@ class Gallery:
             seconds=record.seconds,
             note=getattr(record, "note", None),
         )
-        return png_text(meta)
 
     def static_html(self, result: Any) -> str:
         """The static copy of the run (the result's text/html)."""
         return result_html(result)
 
 
-def _static_tile(tile: TileState) -> StaticTile:
+def _file_image(path: Any, name: str) -> FullImage | str:
+    """A saved PNG as the viewer gets it: its bytes as written, and its size from the header."""
+    from PIL import Image
+
+    try:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except OSError as exc:
+        return f"cannot read {str(path)!r}: {exc.strerror or exc}"
+    return FullImage(data, name, width, height)
+
+
+def _static_tile(tile: TileState, inline: bool = True) -> StaticTile:
     """A tile of a background run's static copy while it is still going (what the live tile shows)."""
     detail = image_detail(tile.index, tile.seed, tile.rank, tile.device, tile.seconds, params=tile.params)
-    if tile.thumbnail:
+    if tile.thumbnail and inline:
         return StaticTile(src=data_uri(tile.thumbnail), caption=tile.prompt, title=tile.prompt, detail=detail)
     error = tile.label if tile.status in ("failed", "stopped", "missing") else "not generated yet"
     return StaticTile(src=None, caption=tile.prompt, title=tile.prompt, error=error, detail=detail)

@@ -3,8 +3,13 @@
 Why this shape: a finished image is one comm message carrying only that tile's JPEG (a binary
 buffer, no base64), and a step update only touches the tiles being denoised, so 200+ images never
 cause a full re-render; the JavaScript (``static/gallery.js``) patches the one tile that changed.
-Tile models are plain ``@jupyter-widgets/base`` ``WidgetModel``s, so their state (thumbnails
-included) is saved with the notebook's widget state like any widget's.
+Tile models are plain ``@jupyter-widgets/base`` ``WidgetModel``s, so their state is saved with the
+notebook's widget state like any widget's: thumbnails too, up to the static copy's caps
+(``INLINE_CAP`` images, ``INLINE_BYTES``, in the order they arrive; the ``Gallery`` decides). Later
+thumbnails travel as custom messages (``{"type": "thumbs"}`` with binary buffers), which no notebook
+saves: a 5,000-image cell keeps a notebook of a few MB, and the browser asks for the ones it lacks
+when their tiles scroll into view (a reopened page, answered once the kernel is free). The view
+decodes only the thumbnails of tiles in view (``static/gallery.js``), so a long gallery scrolls smoothly.
 
 The full-size image never leaves Python unless asked for: a click in the browser sends a custom
 message, answered with a PNG. While the cell is still running the kernel cannot read browser
@@ -13,7 +18,6 @@ messages, so the viewer shows the enlarged thumbnail and the answer arrives when
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,7 @@ import traitlets as t
 
 from .gallery_state import HeaderView, TileState
 
-__all__ = ["FullImage", "GalleryWidget", "TileModel", "png_bytes"]
+__all__ = ["FullImage", "GalleryWidget", "TileModel"]
 
 _STATIC = Path(__file__).parent / "static"
 
@@ -38,16 +42,6 @@ class FullImage:
     name: str
     width: int
     height: int
-
-
-def png_bytes(image: Any, info: Any = None) -> bytes:
-    """Encode a PIL image as PNG, fast (level 1: a few times faster than the default, a bit larger).
-
-    ``info``: a ``PngInfo`` text chunk (the generation parameters, as ``--save-dir`` writes them).
-    """
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1, pnginfo=info)
-    return buf.getvalue()
 
 
 class TileModel(widgets.Widget):
@@ -74,21 +68,22 @@ class TileModel(widgets.Widget):
         model.update(tile)
         return model
 
-    def update(self, tile: TileState) -> None:
-        """Copy the tile's state; traitlets sends only what changed, in one message."""
+    def update(self, tile: TileState, thumbnail: bool = True) -> None:
+        """Copy the tile's state (its thumbnail if ``thumbnail``); traitlets sends only what changed, in one message."""
         with self.hold_sync():
             self.status = tile.status
             self.label = tile.label
             self.meta = tile.meta
             self.fraction = tile.step / tile.total if tile.total else 0.0
             self.error = tile.error
-            if tile.thumbnail and tile.thumbnail != self.thumbnail:
+            if thumbnail and tile.thumbnail and tile.thumbnail != self.thumbnail:
                 self.thumbnail = tile.thumbnail
             if tile.preview != self.preview:  # emptied with the finished image: saved widget state stays small
                 self.preview = tile.preview
 
 
 FullImageSource = Callable[[int], "FullImage | str"]
+ThumbnailSource = Callable[[list[int]], dict[int, bytes]]
 
 
 class GalleryWidget(anywidget.AnyWidget):
@@ -121,6 +116,7 @@ class GalleryWidget(anywidget.AnyWidget):
     ) -> None:
         super().__init__(tiles=tiles, aspect=aspect, grids=grids or [])
         self.full_image = full_image
+        self.thumbnails: ThumbnailSource | None = None  # thumbnails the browser asks for (not in widget state)
         self.on_stop: Callable[[], None] | None = None
         self.on_action: Callable[[dict[str, Any]], str | None] | None = None  # gallery_actions.GalleryActions
         self.on_msg(self._on_custom)
@@ -139,6 +135,9 @@ class GalleryWidget(anywidget.AnyWidget):
             error = self.on_action(content) if self.on_action is not None else "no actions here"
             self.send({"type": "action", "index": content.get("index"), "ok": error is None, "error": error})
             return
+        if isinstance(content, dict) and content.get("type") == "thumbs":
+            self._answer_thumbnails(content.get("indices"))
+            return
         if not isinstance(content, dict) or content.get("type") != "full":
             return
         try:
@@ -152,3 +151,15 @@ class GalleryWidget(anywidget.AnyWidget):
             self.send(reply, buffers=[answer.png])
         else:
             self.send({"type": "full", "index": index, "ok": False, "error": answer})
+
+    def send_thumbnails(self, thumbnails: dict[int, bytes]) -> None:
+        """Thumbnails outside the widget state, one message for all: ``indices`` name the buffers in order."""
+        if thumbnails:
+            self.send({"type": "thumbs", "indices": list(thumbnails)}, buffers=list(thumbnails.values()))
+
+    def _answer_thumbnails(self, indices: Any) -> None:
+        """Browser → kernel: thumbnails of tiles scrolled into view that it does not have (at most 200 a time)."""
+        if self.thumbnails is None or not isinstance(indices, list):
+            return
+        wanted = [int(i) for i in indices[:200] if isinstance(i, int)]
+        self.send_thumbnails(self.thumbnails(wanted))

@@ -66,15 +66,15 @@ class GenerationActor:
         self._worker = worker
         return replace(hello, rank=self._rank, node=ray.get_runtime_context().get_node_id())
 
-    def make(self, run: int, jobs: list[ImageJob], settings: tuple[Any, Any]) -> Iterator[Message]:
+    def make(self, run: int, jobs: list[ImageJob], settings: tuple[Any, ...]) -> Iterator[Message]:
         """Make ``jobs`` (one batch of run ``run``) and yield each message as the worker sends it."""
-        options, call, init_files = settings
+        options, call, init_files, save = settings  # save: PNG bytes (folder None), written by the kernel
         call = self._with_local_inits(call, init_files)
         worker = self._worker
         if worker is None or self._cancelled >= run:
             return
         out: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        outbox = Outbox(out, options.thumbnail_size)
+        outbox = Outbox(out, options.thumbnail_size, save)
 
         def work() -> None:
             try:

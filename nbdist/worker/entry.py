@@ -22,7 +22,7 @@ __all__ = ["run_worker"]
 def run_worker(spec: RunSpec) -> None:
     """Entry point of one launched process: get ready, make this process's share, say goodbye."""
     rank = begin(spec)
-    outbox = Outbox(spec.queue, spec.options.thumbnail_size)
+    outbox = Outbox(spec.queue, spec.options.thumbnail_size, None)  # pixels: the launcher's DiskWriter saves them
     try:
         worker, hello = get_ready(spec)
         rank = worker.rank

@@ -107,7 +107,7 @@ def _run_and_send(
         if made.image is None:
             outbox.send(ImageFailed(job.index, rank, device, made.error or "no image", ""))
         else:
-            outbox.send_image(job.index, rank, device, seconds, made.image, made.note)
+            outbox.send_image(job, rank, device, seconds, made.image, made.note)
 
 
 @dataclass(frozen=True)

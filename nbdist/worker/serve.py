@@ -24,7 +24,7 @@ __all__ = ["serve"]
 def serve(spec: PoolSpec) -> None:
     """Entry point of a pool worker process."""
     rank = begin(spec)
-    outbox = Outbox(spec.queue, spec.options.thumbnail_size)
+    outbox = Outbox(spec.queue, spec.options.thumbnail_size, None)  # each RunCommand says where its images go
     try:
         worker, hello = get_ready(spec)
     except Exception as exc:  # a setup failure: report it, the parent ends the pool
@@ -56,6 +56,7 @@ def _serve_run(worker: ReadyWorker, command: RunCommand, spec: PoolSpec, outbox:
             share = static_share(worker.state, command.jobs)
             work, planned = batches(share, command.options.batch_size), len(share)
         worker.use_scheduler(command.call.scheduler)
+        outbox.use(command.save)
         outbox.send(RunStarted(worker.rank, run, planned))
         finished = make_images(worker, work, command.call, outbox, cancelled)
         outbox.send(RunFinished(worker.rank, run, cancelled=not finished))

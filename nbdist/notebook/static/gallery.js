@@ -121,21 +121,78 @@ async function render({ model, el }) {
     tile.meta.textContent = m.get("meta");
     tile.meta.title = m.get("meta");
     tile.progress.style.width = status === "running" ? `${Math.round(100 * (m.get("fraction") || 0))}%` : "0";
-    const final = bytesOf(m.get("thumbnail"));
-    const bytes = final || bytesOf(m.get("preview")); // the image forming, until the finished one arrives
-    if (bytes && bytes !== tile.bytes) {
-      tile.bytes = bytes;
-      if (tile.url) URL.revokeObjectURL(tile.url);
-      tile.url = URL.createObjectURL(new Blob([bytes], { type: "image/jpeg" }));
-      tile.img.src = tile.url;
-    }
-    tile.img.hidden = !tile.url;
-    tile.fig.dataset.picture = final ? "final" : tile.url ? "preview" : "none";
+    drawPicture(tile);
     if (shown >= 0 && tiles[shown] === tile) {
-      if (final && status === "done") request(m.get("index")); // opened while it formed: now the full size
+      if (thumbnailOf(tile) && status === "done") request(m.get("index")); // opened while it formed: now the full size
       drawViewer();
     }
   }
+
+  // -- virtualized pictures ---------------------------------------------------------------------
+  // Only tiles in view (or near it) hold a decoded image; off-screen ones keep at most the JPEG bytes.
+  // Thumbnails past the widget state's cap arrive as "thumbs" messages (never saved in the notebook);
+  // a tile in view that lacks one asks the kernel for it (answered once the kernel is free).
+  const tileOf = new Map(); // image index -> tile
+  const wanted = new Set();
+  let askTimer = null;
+
+  function thumbnailOf(tile) {
+    return bytesOf(tile.model.get("thumbnail")) || tile.extra;
+  }
+
+  function drawPicture(tile) {
+    const inViewer = shown >= 0 && tiles[shown] === tile;
+    const final = thumbnailOf(tile);
+    const picture = final || bytesOf(tile.model.get("preview")); // the image forming, until the finished one arrives
+    const bytes = tile.visible || inViewer ? picture : null;
+    if (bytes && bytes !== tile.bytes) {
+      if (tile.url) URL.revokeObjectURL(tile.url);
+      tile.bytes = bytes;
+      tile.url = URL.createObjectURL(new Blob([bytes], { type: "image/jpeg" }));
+      tile.img.src = tile.url;
+    } else if (!bytes && tile.url) {
+      URL.revokeObjectURL(tile.url);
+      tile.url = null;
+      tile.bytes = null;
+      tile.img.removeAttribute("src");
+    }
+    tile.img.hidden = !tile.url;
+    tile.fig.dataset.picture = !tile.url ? "none" : final ? "final" : "preview";
+    if ((tile.visible || inViewer) && !final && tile.model.get("status") === "done") ask(tile.model.get("index"));
+  }
+
+  function ask(index) {
+    wanted.add(index);
+    if (askTimer === null) {
+      askTimer = setTimeout(() => {
+        askTimer = null;
+        model.send({ type: "thumbs", indices: [...wanted].slice(0, 200) });
+        wanted.clear();
+      }, 100);
+    }
+  }
+
+  function gotThumbnails(msg, buffers) {
+    (msg.indices || []).forEach((index, i) => {
+      const tile = tileOf.get(index);
+      if (!tile || !buffers || !buffers[i]) return;
+      tile.extra = bytesOf(buffers[i]);
+      drawPicture(tile);
+      if (shown >= 0 && tiles[shown] === tile) drawViewer();
+    });
+  }
+
+  const sight = new IntersectionObserver(
+    (entries) => {
+      for (const entry of entries) {
+        const tile = entry.target.nbdistTile;
+        if (!tile || tile.visible === entry.isIntersecting) continue;
+        tile.visible = entry.isIntersecting;
+        drawPicture(tile);
+      }
+    },
+    { rootMargin: "400px" },
+  );
 
   async function buildTiles() {
     const models = await Promise.all((model.get("tiles") || []).map((ref) => resolve(model, ref)));
@@ -155,11 +212,18 @@ async function render({ model, el }) {
       cap.append(prompt, meta);
       fig.append(pic, status, cap);
       const tile = { model: m, fig, img, progress, status, prompt, meta, url: null, bytes: null };
+      tile.visible = false;
+      tile.extra = null;
+      tileOf.set(m.get("index"), tile);
+      fig.nbdistTile = tile;
+      sight.observe(fig);
       const onChange = () => drawTile(tile);
       m.on("change", onChange);
       fig.addEventListener("click", () => open(pos));
       tile.dispose = () => {
         m.off("change", onChange);
+        sight.unobserve(fig);
+        tileOf.delete(m.get("index"));
         if (tile.url) URL.revokeObjectURL(tile.url);
       };
       drawTile(tile);
@@ -294,7 +358,8 @@ async function render({ model, el }) {
     viewer.hidden = false;
     root.dataset.viewing = String(tiles[pos].model.get("index"));
     const tile = tiles[pos];
-    if (tile.url && tile.model.get("status") === "done") request(tile.model.get("index"));
+    drawPicture(tile); // the viewer's tile holds its thumbnail even when scrolled out of view
+    if (tile.model.get("status") === "done") request(tile.model.get("index"));
     drawViewer();
     viewer.focus({ preventScroll: true });
     viewer.scrollIntoView({ block: "nearest" });
@@ -371,6 +436,7 @@ async function render({ model, el }) {
       vaction.textContent = msg.ok ? "started: its gallery is below" : `not started: ${msg.error}`;
       return;
     }
+    if (msg && msg.type === "thumbs") return gotThumbnails(msg, buffers);
     if (!msg || msg.type !== "full") return;
     const bytes = buffers && buffers.length ? bytesOf(buffers[0]) : null;
     if (msg.ok && bytes) {
@@ -398,6 +464,8 @@ async function render({ model, el }) {
   return () => {
     clearTimeout(waitTimer);
     for (const cleanup of panelViews.values()) if (typeof cleanup === "function") cleanup();
+    clearTimeout(askTimer);
+    sight.disconnect();
     for (const tile of tiles) tile.dispose();
     for (const got of full.values()) if (got.url) URL.revokeObjectURL(got.url);
   };

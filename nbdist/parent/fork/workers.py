@@ -30,6 +30,8 @@ __all__ = ["WorkerGroup"]
 class WorkerGroup:
     """``n`` forked workers serving runs from their inboxes until ``stop``."""
 
+    shares_disk = True  # forked on this machine: they write each PNG into the run folder themselves
+
     def __init__(
         self,
         pipe: Any,

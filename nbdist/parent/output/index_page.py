@@ -16,7 +16,7 @@ from typing import Any
 from ...jobs import ImageJob
 from .static_html import StaticTile, render_gallery
 
-__all__ = ["write_index"]
+__all__ = ["write_index", "write_result_index"]
 
 
 def _tiles(
@@ -61,3 +61,12 @@ def write_index(
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def write_result_index(folder: str | Path, result: Any) -> Path:
+    """``index.html`` for a finished run's ``GenerationResult``: every job, its file or why there is none."""
+    entries = [{"index": r.index, "file": r.path.name} for r in result.records if r.ok and r.path is not None]
+    failures = {r.index: r.error for r in result.records if r.error is not None}
+    made = [ImageJob(r.index, r.prompt_index, r.prompt, r.seed) for r in result.records]
+    jobs = sorted([*result.missing, *made], key=lambda j: j.index)
+    return write_index(folder, jobs, entries, failures=failures, heading=f"{result.model}: {result.summary()}")

@@ -1,38 +1,28 @@
 """Write each image to disk as it arrives: a PNG with its parameters, and a JSON-lines manifest.
 
-Writing happens on a background thread of its own so a slow disk or PNG compression never delays the
-gallery. The parameters sit in the PNG text chunk (readable by PIL, exiftool and most image tools),
-so a file alone is enough to reproduce its image.
+Forked workers write their PNGs themselves (``worker/outbox.py``) and send only the path; this writer
+then only appends the manifest line, at once, before the gallery shows the tile: a kernel killed
+mid-run leaves every image it showed complete on disk and listed. PNG bytes from workers on other
+machines are written here as they arrive (no encoding); raw pixels (the CLI under ``torchrun``) are
+encoded on a background thread so PNG compression never delays the gallery. The parameters sit in the
+PNG text chunk (readable by PIL, exiftool and most image tools), so a file alone is enough to
+reproduce its image.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import threading
-import unicodedata
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ...image_files import encode_png, file_name, image_metadata, png_text, slug, write_atomically
 from ...jobs import ImageJob
 from ...messages import ImageReady, Message
-from ...sweep import value_label
 from ..results.observer import RunInfo
 
 __all__ = ["DiskWriter", "file_name", "image_metadata", "png_text", "run_parameters", "slug"]
-
-
-def slug(text: str, limit: int = 48) -> str:
-    """A file-name-safe ASCII slug: no slashes, dots-only names or control characters, ever."""
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    cleaned = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
-    return cleaned[:limit].rstrip("-") or "image"
-
-
-def file_name(job: ImageJob) -> str:
-    """``00012-an-astronaut-riding-a-horse.png``: the index keeps prompt order and uniqueness."""
-    return f"{job.index:05d}-{slug(job.prompt)}.png"
 
 
 def run_parameters(run: RunInfo) -> dict[str, Any]:
@@ -50,53 +40,11 @@ def run_parameters(run: RunInfo) -> dict[str, Any]:
     }
 
 
-def image_metadata(
-    params: dict[str, Any],
-    job: ImageJob,
-    *,
-    size: tuple[int, int],
-    rank: int | None,
-    device: str | None,
-    seconds: float | None,
-    note: str | None = None,
-) -> dict[str, Any]:
-    """One image's parameters: the run's, its own (prompt, seed, swept values) and where it was made.
-
-    One function for the saved PNGs, ``manifest.jsonl`` and the gallery's "Download PNG", so a file
-    from either place carries the same text chunk.
-    """
-    width, height = size
-    swept = {k: v for k, v in job.settings.items() if k not in ("size", "seed")}
-    return {
-        "index": job.index,
-        "prompt": job.prompt,
-        "seed": job.seed,
-        **params,
-        **swept,
-        **({"sweep": {k: value_label(k, v) for k, v in job.params}} if job.params else {}),
-        "height": height,
-        "width": width,
-        "rank": rank,
-        "device": device,
-        "seconds": None if seconds is None else round(seconds, 4),
-        **({"note": note} if note else {}),
-    }
-
-
-def png_text(meta: dict[str, Any]) -> Any:
-    """The PNG text chunk for ``meta``: a tEXt per common key (what image tools show) and the JSON whole."""
-    from PIL.PngImagePlugin import PngInfo
-
-    info = PngInfo()
-    for key in ("prompt", "negative", "seed", "steps", "guidance", "scheduler", "width", "height", "model"):
-        if meta.get(key) is not None:
-            info.add_text(key, str(meta[key]))
-    info.add_itxt("nbdist", json.dumps(meta, ensure_ascii=False))
-    return info
-
-
 class DiskWriter:
-    """A run observer that saves PNGs and appends to ``manifest.jsonl`` in ``folder``."""
+    """A run observer that saves PNGs and appends to ``manifest.jsonl`` in ``folder``.
+
+    It comes before the other observers, so an image's manifest line is written before its tile shows.
+    """
 
     def __init__(self, folder: str | Path, manifest: str = "manifest.jsonl") -> None:
         self.folder = Path(folder)
@@ -108,6 +56,11 @@ class DiskWriter:
         self._pending: list[Future[None]] = []
         self._manifest_lock = threading.Lock()
 
+    @property
+    def params(self) -> dict[str, Any]:
+        """The run's parameters, as every PNG's text chunk carries them (known from ``on_start``)."""
+        return self._params
+
     def on_start(self, run: RunInfo) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         if run.options.overwrite:  # --overwrite: the earlier run goes now, never mixed with this one
@@ -118,18 +71,29 @@ class DiskWriter:
         self._params = run_parameters(run)
 
     def on_message(self, msg: Message) -> None:
-        if isinstance(msg, ImageReady):
-            job = self._jobs[msg.index]
-            path = self.folder / file_name(job)
-            self.paths[msg.index] = path
+        if not isinstance(msg, ImageReady):
+            return
+        job = self._jobs[msg.index]
+        path = Path(msg.path) if msg.path is not None else self.folder / file_name(job)
+        self.paths[msg.index] = path
+        if msg.pixels is not None:  # raw pixels: encoding is slow, off this thread
             self._pending.append(self._executor.submit(self._write, msg, job, path))
+            return
+        if msg.png is not None:
+            write_atomically(path, msg.png)
+        self._append(self._meta(msg, job), path)
 
     def on_end(self, result: Any) -> None:
-        """Wait for every pending write (a run is not over until its files are on disk); a sweep's grids too."""
+        """Wait for every pending write (a run is not over until its files are on disk); a sweep's grids and
+        ``index.html`` too (``result`` None: a torchrun rank's share, whose launcher writes the index)."""
         for fut in self._pending:
             fut.result()
         self._executor.shutdown(wait=True)
         self._write_grids(result)
+        if result is not None:
+            from .index_page import write_result_index
+
+            write_result_index(self.folder, result)
 
     def _write_grids(self, result: Any) -> None:
         """``grid.png`` next to the PNGs (one per value of the further axes: ``grid-steps-2.png``)."""
@@ -138,18 +102,23 @@ class DiskWriter:
         from .grid import grid_image, layout
 
         grids = layout(result.jobs, result.options.sweep)
-        images = {r.index: r.image for r in result.records if r.image is not None}
+        images = {r.index: r.image for r in result.records if r.ok}
         for grid in grids:
             name = "grid.png" if len(grids) == 1 else f"grid-{slug(grid.heading)}.png"
             grid_image(grid, images).save(self.folder / name)
 
-    def _write(self, msg: ImageReady, job: ImageJob, path: Path) -> None:
-        meta = image_metadata(
+    def _meta(self, msg: ImageReady, job: ImageJob) -> dict[str, Any]:
+        return image_metadata(
             self._params, job, size=msg.size, rank=msg.rank, device=msg.device, seconds=msg.seconds, note=msg.note
         )
-        tmp = path.with_suffix(".png.part")
-        msg.to_pil().save(tmp, format="PNG", pnginfo=png_text(meta), compress_level=4)
-        tmp.replace(path)  # a file under its final name is always complete
+
+    def _write(self, msg: ImageReady, job: ImageJob, path: Path) -> None:
+        meta = self._meta(msg, job)
+        write_atomically(path, encode_png(msg.to_pil(), meta))
+        self._append(meta, path)
+
+    def _append(self, meta: dict[str, Any], path: Path) -> None:
+        """One manifest line, written and closed at once: readable whatever happens to this process next."""
         line = json.dumps({**meta, "file": path.name}, ensure_ascii=False)
         with self._manifest_lock, open(self.manifest, "a", encoding="utf-8") as f:
             f.write(line + "\n")

@@ -18,13 +18,17 @@ import base64
 import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "INLINE_BYTES",
+    "INLINE_CAP",
     "StaticTile",
     "data_uri",
     "fallback_class",
     "fallback_html",
+    "inlined",
     "live_class",
     "render_gallery",
     "result_html",
@@ -202,28 +206,75 @@ def _detail(record: Any) -> str:
     return f"{detail} · {note}" if note else detail
 
 
+INLINE_CAP = 240  # thumbnails a static copy inlines at most
+INLINE_BYTES = 2_500_000  # and JPEG bytes (3.3 MB as base64): a 5,000-image cell keeps a notebook under 10 MB
+
+
+def inlined(thumbnails: Sequence[tuple[int, bytes | None]]) -> set[int]:
+    """Which of ``(index, thumbnail)`` (in prompt order) a static copy inlines: the first, within the caps."""
+    chosen: set[int] = set()
+    total = 0
+    for index, thumb in thumbnails:
+        if not thumb:
+            continue
+        total += len(thumb)
+        if len(chosen) >= INLINE_CAP or total > INLINE_BYTES:
+            break
+        chosen.add(index)
+    return chosen
+
+
 def result_html(result: Any) -> str:
-    """The static gallery of a ``GenerationResult``: every image's thumbnail inline, in prompt order.
+    """The static gallery of a ``GenerationResult``: the first thumbnails inline (``inlined``), in prompt order.
 
     Jobs that never finished get a tile saying so (and that the run was stopped, if it was), so a
-    partial run shows exactly what it lacks.
+    partial run shows exactly what it lacks. Past the caps the copy links the run folder's
+    ``index.html`` (every image is on disk): the notebook stays small whatever the run's size.
     """
     missing = "not generated (stopped)" if getattr(result, "interrupted", False) else "not generated"
+    records = sorted(result.records, key=lambda r: r.index)
+    shown = inlined([(r.index, getattr(r, "thumbnail", None)) for r in records])
+    cut = len(shown) < sum(1 for r in records if r.ok)
     tiles: dict[int, StaticTile] = {}
-    for record in result.records:
-        thumb = getattr(record, "thumbnail", None)
+    for record in records:
+        thumb = getattr(record, "thumbnail", None) if record.index in shown else None
+        past = cut and record.ok and not thumb
         tiles[record.index] = StaticTile(
             src=data_uri(thumb) if thumb else None,
             caption=record.prompt,
             title=record.prompt,
-            error=record.error or (None if thumb else "no thumbnail"),
+            error=record.error or (None if thumb else "in the run folder" if past else "no thumbnail"),
             detail=_detail(record),
         )
     for job in result.missing:
         detail = f"#{job.index} · seed {job.seed}"
         tiles[job.index] = StaticTile(src=None, caption=job.prompt, title=job.prompt, error=missing, detail=detail)
     sweep = getattr(result.options, "sweep", None)
-    return static_copy(tiles, result.summary(), result_token(result), getattr(result, "jobs", None), sweep)
+    more = _more_link(result, len(tiles) - len(shown)) if cut else ""
+    if cut and not sweep:  # a sweep's tables keep every cell (small without images); a flat grid stops here
+        last = max(shown, default=-1)
+        tiles = {i: t for i, t in tiles.items() if i <= last}
+    return static_copy(tiles, result.summary(), result_token(result), getattr(result, "jobs", None), sweep) + more
+
+
+def _more_link(result: Any, left_out: int) -> str:
+    """The line under a capped copy: how many images it leaves out and where they all are."""
+    folder = getattr(result, "save_dir", None)
+    if folder is None:
+        return f'<p class="nbdist-more">{left_out} more images not shown here.</p>'
+    href = _relative(Path(folder) / "index.html")
+    return (
+        f'<p class="nbdist-more">{left_out} more images: all of them in '
+        f'<a href="{html.escape(href, quote=True)}" target="_blank">{html.escape(href)}</a></p>'
+    )
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working folder (the notebook's) when under it: the link follows the notebook."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return Path(path).resolve().as_posix()
 
 
 def static_copy(

@@ -29,6 +29,7 @@ from ..machine.fork_safety import check_fork_safe
 from ..machine.gpus import GpuQuery, query_gpus
 from ..machine.memory_fit import check_fit
 from ..results.observer import RunInfo
+from ..runs.folders import new_run_folder
 from .init_images import check_img2img, resolve_init
 from .variations import check_variations
 
@@ -161,6 +162,10 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
         notes += [*call.notes, *filter(None, [weighting_note(pipe, list(prompts), options.prompt_syntax)])]
     seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
     options = options.with_(seed=seed, schedule=options.schedule or ("dynamic" if options.sweep else "static"))
+    if options.save and options.save_dir is None:  # last: no folder for a run refused above
+        folder, note = new_run_folder(prompts)
+        options = options.with_(save_dir=str(folder))
+        notes += [note] if note else []
     jobs = make_jobs(list(prompts), options.images_per_prompt, seed, options.sweep)
     height, width = call.effective.get("height") or 512, call.effective.get("width") or 512
     info = RunInfo(jobs, options, name, seed, n, device_type, height, width, call)

@@ -28,6 +28,7 @@ class WorkerBackend(Protocol):
     """
 
     ready: dict[int, WorkerStarted]  # the workers that said hello and are still there, by rank
+    shares_disk: bool  # the workers see the kernel's filesystem: they write a run's PNGs themselves
 
     @property
     def ranks(self) -> set[int]:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ...messages import Message, RunFinished, RunStarted, WorkerFinished, WorkerStarted
+from ...messages import Message, RunFinished, RunStarted, SaveTarget, WorkerFinished, WorkerStarted
 from ..output.saving import DiskWriter
 from ..planning.plan import Plan
 from ..results.collector import Fanout, ResultBuilder
@@ -33,9 +33,10 @@ class Run:
     def __init__(self, run_id: int, plan: Plan, observers: Sequence[RunObserver]) -> None:
         self.id = run_id
         self.plan = plan
-        self.builder = ResultBuilder()
         self.writer = DiskWriter(plan.options.save_dir) if plan.options.save_dir else None
-        self.fanout = Fanout([self.builder, *observers, *([self.writer] if self.writer else [])])
+        self.builder = ResultBuilder(self.writer.paths if self.writer else None)
+        # the writer first: an image's manifest line is on disk before its tile shows
+        self.fanout = Fanout([*([self.writer] if self.writer else []), self.builder, *observers])
         self.finished_ranks: set[int] = set()
         self.cancel_requested_at: float | None = None
         self.fresh_group = False  # the pipeline changed since the workers started: they must be replaced
@@ -48,6 +49,16 @@ class Run:
         self._hellos: dict[int, WorkerStarted] = {}
         self._ranks: set[int] = set(range(plan.num_processes))
         self.answers = AnswerTimes()  # what the workers are doing: how long a cancel may take
+
+    def save_target(self, shared_disk: bool = True) -> SaveTarget | None:
+        """Where the workers send this run's images (``messages.SaveTarget``); None: raw pixels (``--no-save``).
+
+        ``shared_disk``: the workers see the kernel's filesystem (forked ones always do) and write the
+        PNGs themselves; otherwise they send PNG bytes for the kernel to write.
+        """
+        if self.writer is None:
+            return None
+        return SaveTarget(str(self.writer.folder) if shared_disk else None, self.writer.params)
 
     def announce(self) -> None:
         """Observers' ``on_start``, in the caller's thread (the gallery displays itself in the cell)."""

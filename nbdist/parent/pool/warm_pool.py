@@ -214,7 +214,15 @@ class WorkerPool:
             self._start_group(run.plan)
         assert self._group is not None
         run.begin(self._group.ready, self._group.ranks, self._group.log_dir)
-        self._group.run(RunCommand(run.id, tuple(dispatch_order(run.plan)), run.plan.options, run.plan.call))
+        self._group.run(
+            RunCommand(
+                run.id,
+                tuple(dispatch_order(run.plan)),
+                run.plan.options,
+                run.plan.call,
+                run.save_target(self._group.shares_disk),
+            )
+        )
 
     def _start_group(self, plan: Plan) -> None:
         self._group_print = fingerprint(plan.pipe) if plan.pipe is not None else {}

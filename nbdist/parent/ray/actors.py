@@ -69,6 +69,8 @@ class _Call:
 class RayActorGroup:
     """``plan.num_processes`` actors on the cluster ``plan.options.cluster`` is connected to."""
 
+    shares_disk = False  # other machines: the actors send PNG bytes and the kernel writes them
+
     def __init__(self, plan: Plan) -> None:
         self._plan = plan
         self.ready: dict[int, WorkerStarted] = {}
@@ -166,7 +168,7 @@ class RayActorGroup:
         self._dispatched = True
         size = command.options.batch_size
         jobs = [] if self._cancelled else list(command.jobs)
-        self._settings = ray.put((command.options, command.call, _init_files(command.call)))
+        self._settings = ray.put((command.options, command.call, _init_files(command.call), command.save))
         self._pending = collections.deque(jobs[i : i + size] for i in range(0, len(jobs), size))
         self._inbox.extend(RunStarted(rank, command.run, -1) for rank in sorted(self._actors))
         self._fill_all()

@@ -13,9 +13,11 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ...messages import ImageFailed, ImageReady, Message, WorkerFinished, WorkerStarted
+from ..output.static_html import INLINE_CAP
 from .observer import RunInfo, RunObserver
 from .result import ImageRecord, WorkerFailure, WorkerInfo
 
@@ -23,9 +25,15 @@ __all__ = ["Collector", "Fanout", "ResultBuilder"]
 
 
 class ResultBuilder:
-    """Turns messages into ``ImageRecord``s (an observer like the others, always first)."""
+    """Turns messages into ``ImageRecord``s (an observer like the others, first after the disk writer).
 
-    def __init__(self) -> None:
+    ``paths`` is the disk writer's index -> file map, for images that arrive as bytes or pixels and are
+    written in the kernel; an image the worker wrote itself names its file in the message. A record
+    holds the full-size image only when it came as raw pixels (``--no-save``): otherwise its file is it.
+    """
+
+    def __init__(self, paths: dict[int, Path] | None = None) -> None:
+        self._paths = paths if paths is not None else {}
         self.records: dict[int, ImageRecord] = {}
         self.finished: set[int] = set()
         self.worker_failures: list[WorkerFailure] = []
@@ -50,9 +58,11 @@ class ResultBuilder:
                 node=worker.node if (worker := self.workers.get(msg.rank)) is not None else None,
             )
             if isinstance(msg, ImageReady):
-                record.image = msg.to_pil()
+                record.path = Path(msg.path) if msg.path is not None else self._paths.get(msg.index)
+                if msg.pixels is not None:
+                    record.image = msg.to_pil()
                 record.seconds = msg.seconds
-                record.thumbnail = msg.thumbnail
+                record.thumbnail = msg.thumbnail if msg.index < INLINE_CAP else None  # the static copy's only
                 record.note = msg.note
                 if self.first_image_at is None:
                     self.first_image_at = time.monotonic()

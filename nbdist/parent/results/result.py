@@ -1,7 +1,13 @@
-"""The result of a run: image records in prompt order, kept even when the run stops early."""
+"""The result of a run: image records in prompt order, kept even when the run stops early.
+
+A record points at its PNG on disk (``path``) and loads the full-size image only when asked
+(``record.image``, through a small cache): a run of thousands of images keeps the kernel's memory
+flat. With ``--no-save`` the record holds the image itself, as there is no file.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,18 +16,54 @@ from typing import Any, overload
 from ...jobs import ImageJob
 from ...options import GenerateOptions
 
-__all__ = ["GenerationResult", "ImageRecord", "RecordSequence", "WorkerFailure", "WorkerInfo"]
+__all__ = ["GenerationResult", "ImageRecord", "RecordSequence", "WorkerFailure", "WorkerInfo", "load_image"]
+
+IMAGE_CACHE = 16  # full-size images kept after loading: a viewer going back and forth, a grid of a sweep
+
+
+@functools.lru_cache(maxsize=IMAGE_CACHE)
+def load_image(path: str, stamp: tuple[int, int]) -> Any:
+    """The PNG at ``path``, decoded (``stamp``: its size and mtime, so a replaced file is read again)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image
+
+
+class _ImageOnDemand:
+    """``ImageRecord.image``: the image the record holds, else its file loaded on demand, else None.
+
+    A data descriptor on the class: ``ImageRecord(image=...)`` still works, and the value set is what the
+    record holds (the generated ``__init__`` passes the descriptor itself as the default: nothing held).
+    """
+
+    def __get__(self, record: Any, owner: Any = None) -> Any:
+        if record is None:
+            return None  # the field's default
+        held = record.__dict__.get("_held")
+        if held is not None or record.path is None or record.error is not None:
+            return held
+        try:
+            stat = Path(record.path).stat()
+        except OSError:
+            return None
+        return load_image(str(record.path), (stat.st_size, stat.st_mtime_ns))
+
+    def __set__(self, record: Any, value: Any) -> None:
+        record.__dict__["_held"] = None if isinstance(value, _ImageOnDemand) else value
 
 
 @dataclass
 class ImageRecord:
-    """One generated (or failed) image. ``image`` is the full-size PIL image, ``None`` if it failed."""
+    """One generated (or failed) image. ``image`` is the full-size PIL image (read from ``path`` when asked),
+    ``None`` if it failed."""
 
     index: int
     prompt: str
     prompt_index: int
     seed: int
-    image: Any = None
+    image: Any = field(default=_ImageOnDemand(), repr=False, compare=False)
     rank: int | None = None
     device: str | None = None
     seconds: float | None = None
@@ -35,8 +77,8 @@ class ImageRecord:
 
     @property
     def ok(self) -> bool:
-        """True when the image was generated."""
-        return self.image is not None
+        """True when the image was generated (checked without loading it)."""
+        return self.error is None and (self.__dict__.get("_held") is not None or self.path is not None)
 
     # -- acting on this image (cell.py, actions.py) ---------------------------------------------------
     run: Any = field(default=None, repr=False, compare=False)  # the GenerationResult it belongs to
@@ -114,7 +156,7 @@ class RecordSequence(Sequence[ImageRecord]):
     @property
     def images(self) -> list[Any]:
         """The generated PIL images, in prompt order (failed ones left out)."""
-        return [r.image for r in self.records if r.image is not None]
+        return [r.image for r in self.records if r.ok]
 
 
 @dataclass
@@ -188,7 +230,7 @@ class GenerationResult(RecordSequence):
         grids = layout(self.jobs, self.options.sweep)
         if not grids:
             return None
-        images = {r.index: r.image for r in self.records if r.image is not None}
+        images = {r.index: r.image for r in self.records if r.ok}
         parts = [grid_image(g, images, cell=_cell_side(images)) for g in grids]
         canvas = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), "white")
         top = 0
