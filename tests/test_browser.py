@@ -585,6 +585,7 @@ def _background_runs(page, url: str, path: Path) -> None:
 
 MANY_TILES = 2000
 _MANY_SETUP = f"""
+%load_ext nbdist
 from nbdist.jobs import make_jobs
 from nbdist.notebook.gallery import Gallery
 from nbdist.options import GenerateOptions
@@ -616,16 +617,17 @@ def test_a_long_gallery_draws_only_the_tiles_in_view(lab: str, tmp_path: Path) -
     import nbformat
     from playwright.sync_api import expect
 
-    notebook = nbformat.v4.new_notebook()
+    notebook = nbformat.v4.new_notebook(metadata=nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", 4).metadata)
     notebook.cells = [nbformat.v4.new_code_cell(_MANY_SETUP), nbformat.v4.new_code_cell(_MANY_IMAGES)]
     nbformat.write(notebook, tmp_path / "notebooks" / "many.ipynb")
     with _browser_page("many-tiles") as page:
-        _open_ready_notebook(page, lab.replace("quickstart.ipynb", "many.ipynb"))
+        traffic = _open_ready_notebook(page, lab.replace("quickstart.ipynb", "many.ipynb"))
         cells = page.locator(".jp-CodeCell")
         cells.first.click()
         page.keyboard.press("Shift+Enter")  # the gallery and its 2,000 empty tiles
         tiles = page.locator(".nbdist-gallery .nbdist-tile")
         expect(tiles).to_have_count(MANY_TILES, timeout=120_000)
+        assert len(traffic.sockets) == 1, f"the page connected to its kernel more than once: {traffic.sockets}"
         page.keyboard.press("Shift+Enter")  # every image arrives
         expect(cells.nth(1).locator(".jp-InputArea-prompt")).to_contain_text("[2]", timeout=120_000)
         tiles.first.scroll_into_view_if_needed()
