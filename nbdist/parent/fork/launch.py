@@ -45,6 +45,7 @@ __all__ = [
     "WorkerExit",
     "deaths",
     "free_port",
+    "kill_workers",
     "loopback_store",
     "muted_stdout",
     "start_launcher",
@@ -281,6 +282,12 @@ def _signal_worker(pid: int, sig: signal.Signals) -> None:
         pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
+
+
+def kill_workers(workers: list[Any]) -> None:
+    """SIGKILL at once: for workers already told to stop that cannot (``WorkerGroup._end_if_broken``)."""
+    for proc in workers:
+        _signal_worker(proc.pid, signal.SIGKILL)
 
 
 def stop_workers(workers: list[Any]) -> list[int]:

@@ -22,9 +22,20 @@ from ...messages import Command, Message, RunCommand, WorkerStarted
 from ...options import GenerateOptions
 from ...spec import PoolSpec
 from ..pool.exits import WorkerExit
-from .launch import deaths, loopback_store, muted_stdout, start_launcher, stop_workers, workers_since
+from .launch import (
+    deaths,
+    kill_workers,
+    loopback_store,
+    muted_stdout,
+    start_launcher,
+    stop_workers,
+    workers_since,
+)
 
-__all__ = ["WorkerGroup"]
+__all__ = ["SURVIVOR_GRACE", "WorkerGroup"]
+
+# Seconds the other workers get, once one has died, to send what they finished before they are killed.
+SURVIVOR_GRACE = 0.5
 
 
 class WorkerGroup:
@@ -64,6 +75,7 @@ class WorkerGroup:
         self._stack = contextlib.ExitStack()
         self._before: set[int] = set()
         self._processes: list[Any] = []
+        self._broken_at: float | None = None  # when a worker was first seen dead while the launcher ran
         self._mute: contextlib.AbstractContextManager[None] | None = None
         self.thread: Any = None
 
@@ -131,12 +143,32 @@ class WorkerGroup:
 
     def receive(self, timeout: float) -> Message | None:
         """The next message on the workers' queue; None when there is none yet or the queue's pipe broke."""
+        self._end_if_broken()
         try:
             return self.spec.queue.get(timeout=timeout)  # type: ignore[no-any-return]
         except queue_module.Empty:
             return None
         except (EOFError, OSError, ValueError):  # the queue's pipe broke: the group is going
             return None
+
+    def _end_if_broken(self) -> None:
+        """A worker died: give the others ``SURVIVOR_GRACE`` s to send what they made, then SIGKILL them.
+
+        torch elastic stops the others itself (SIGTERM, then SIGKILL 30 s later), and they exit at once,
+        unless the dead worker was killed while writing to the shared message queue: it then died holding
+        the queue's write lock, and a survivor's exit waits on that lock until elastic's SIGKILL, a cell
+        stuck for 30 s with nothing more to show. The group cannot go on anyway (one member cannot be
+        replaced), so it ends as soon as the others have had their chance to flush.
+        """
+        if not self._processes or not self.alive:
+            return
+        now = time.monotonic()
+        if self._broken_at is None:
+            if not all(proc.is_alive() for proc in self._processes):
+                self._broken_at = now
+            return
+        if now - self._broken_at >= SURVIVOR_GRACE:
+            kill_workers([proc for proc in self._processes if proc.is_alive()])
 
     def send(self, command: Command) -> None:
         """The same command to every worker's inbox."""
