@@ -79,10 +79,13 @@ def _as_path(item: Any) -> str:
 
 def check_img2img(pipe: Any) -> None:
     """The pipeline has an image-to-image form built from the same components (``from_pipe``: no new weights)."""
-    from diffusers import AutoPipelineForImage2Image
+    from ...pipelines import quiet_libraries
 
     try:
-        AutoPipelineForImage2Image.from_pipe(pipe)
+        with quiet_libraries():  # importing the auto pipelines makes transformers print notices (no torchvision)
+            from diffusers import AutoPipelineForImage2Image
+
+            AutoPipelineForImage2Image.from_pipe(pipe)
     except Exception as exc:
         raise NbdistUsageError(f"--init: {type(pipe).__name__} has no image-to-image form ({exc})") from None
 
