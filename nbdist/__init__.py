@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .device_libraries import hide_in_parent
+from .device_libraries import ask_nvml_for_cuda, hide_in_parent
 
 hide_in_parent()  # before anything can import diffusers: see device_libraries.py
+ask_nvml_for_cuda()  # diffusers' import-time CUDA probe must not poison fork (same module)
 
 from .demo import demo_model  # noqa: E402
 from .options import GenerateOptions, NbdistUsageError  # noqa: E402
@@ -51,17 +52,17 @@ def clear_cache() -> None:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext nbdist``: register ``%%distgen``, and start importing torch and diffusers meanwhile.
+    """``%load_ext nbdist``: register ``%%distgen``, and import torch and diffusers once this cell is over.
 
     The import runs on a background thread (``warm_imports``): the seconds a user spends between this
-    cell and the first ``%%distgen`` are the first run's import time saved. Started last, so this cell
-    is not slowed by it; ``NBDIST_WARM_IMPORTS=0`` turns it off.
+    cell and the first ``%%distgen`` are the first run's import time saved. It starts when the cell
+    that loaded nbdist has finished (its own ``import diffusers`` lines must not race it), and every
+    later cell waits for it first; ``NBDIST_WARM_IMPORTS=0`` turns it off.
     """
     from .notebook.magic import DistgenMagics
     from .notebook.quiet import install_filters
-    from .warm_imports import settle, start
+    from .warm_imports import start_after_cell
 
     install_filters()
     ipython.register_magics(DistgenMagics)
-    if start():
-        ipython.events.register("pre_run_cell", settle)  # no cell races the background import
+    start_after_cell(ipython)

@@ -14,6 +14,13 @@ The workers, forked from that process, remove the marker and reset those librari
 availability flags (``restore_in_worker``), so 4/8-bit loading works where the GPU is used. Nothing
 is hidden in processes started by torchrun / accelerate launch: each of those is its own GPU worker.
 
+The CUDA build of torch has a second way to spoil fork without any library: asking whether CUDA is
+available (``cudaGetDeviceCount``) registers torch's fork handler, and every child forked afterwards is in
+a "bad fork" and cannot use CUDA. diffusers asks at import (``SUPPORTED_DEVICE_MAP`` in
+``pipeline_utils``), so ``import diffusers`` alone spoils a kernel. ``ask_nvml_for_cuda`` makes torch ask
+NVML instead (``PYTORCH_NVML_BASED_CUDA_CHECK=1``, what accelerate does in its own checks), which spoils
+nothing; nbdist sets it when it is imported, before anything can import diffusers.
+
 Neutral ground: used by the parent (hide) and by the workers (restore); imports neither side.
 """
 
@@ -27,6 +34,8 @@ from typing import Any
 
 __all__ = [
     "DEVICE_STARTING_LIBRARIES",
+    "NVML_CHECK",
+    "ask_nvml_for_cuda",
     "hidden_libraries",
     "hide_in_parent",
     "import_in_worker",
@@ -38,6 +47,19 @@ DEVICE_STARTING_LIBRARIES = ("bitsandbytes",)
 
 # Launched by torchrun / accelerate launch: this process is a worker itself and loads its own model.
 _LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
+
+
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def ask_nvml_for_cuda() -> bool:
+    """Make ``torch.cuda.is_available()`` ask NVML (no fork poisoning); False where the user set it otherwise.
+
+    torch reads the variable at each call, so setting it before diffusers is imported is enough. Where
+    NVML cannot answer (no driver, a ``MIG-`` entry in ``CUDA_VISIBLE_DEVICES``) torch still falls back
+    to the runtime call; the fork check before a GPU run (``parent/machine/fork_safety.py``) catches that.
+    """
+    return os.environ.setdefault(NVML_CHECK, "1") == "1"
 
 
 def _installed(name: str) -> bool:

@@ -13,11 +13,12 @@ Safety, in the order it matters:
   itself was imported, before this thread can start.
 - No fork while this thread imports (a child forked while another thread holds an import lock can
   deadlock on it): ``generate`` calls ``wait`` before the pool forks anything.
-- No cell runs while this thread imports: ``settle`` is a ``pre_run_cell`` hook (two threads importing
-  the same packages at once can fail: see ``settle``), and ``wait`` joins the thread before nbdist
-  imports anything heavy.
-- A failure is not lost: ``wait`` raises it in the cell that needs the modules (once; a later call
-  imports again in the foreground, where the error, if it persists, comes as a normal traceback).
+- No cell runs while this thread imports: it starts after the ``%load_ext`` cell has finished
+  (``start_after_cell``: that cell's own imports must not race it), ``settle`` is a ``pre_run_cell``
+  hook (two threads importing the same packages at once can fail: see ``settle``), and ``wait`` joins
+  the thread before nbdist imports anything heavy.
+- A failure costs nothing: ``wait`` imports again in the foreground, where an error that persists
+  comes as a normal traceback in the cell that needs the modules.
 
 ``NBDIST_WARM_IMPORTS=0`` turns the background import off (the benchmark's baseline).
 """
@@ -29,10 +30,11 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 from . import phases
 
-__all__ = ["STEPS", "enabled", "settle", "start", "wait"]
+__all__ = ["STEPS", "enabled", "settle", "start", "start_after_cell", "wait"]
 
 # (module, attribute): the attribute makes a lazy package (diffusers, transformers) import the
 # submodule that defines it. The loader and the components of the SD-style pipelines most runs use,
@@ -74,7 +76,24 @@ def start() -> bool:
         return True
 
 
-START_DELAY = 0.1  # seconds: the %load_ext cell ends first (its reply and idle status need the GIL the imports hold)
+START_DELAY = 0.1  # seconds: the cell's reply and idle status go out first (they need the GIL the imports hold)
+
+
+def start_after_cell(ipython: Any) -> None:
+    """Start the background import when the current cell (the one running ``%load_ext nbdist``) is over.
+
+    Not at once: that cell's next lines are often ``import torch`` / ``from diffusers import ...``, and
+    two threads importing the same lazy packages fail ("cannot import name 'AutoModel' from
+    'transformers'"). Later cells wait for the thread (``settle``).
+    """
+
+    def after(result: object = None) -> None:
+        ipython.events.unregister("post_run_cell", after)
+        if start():
+            ipython.events.register("pre_run_cell", settle)  # no cell races the background import
+
+    if enabled() and _thread is None and not _done:
+        ipython.events.register("post_run_cell", after)
 
 
 def _background() -> None:
@@ -119,24 +138,18 @@ def wait(import_here: bool = True) -> None:
     """Return once the background import is over; with ``import_here``, once the modules are imported.
 
     Says ``importing torch and diffusers…`` (``phases.report``) while that takes a while. The join is
-    in short slices so that an interrupt (the stop button) still reaches the cell. A background failure
-    is raised here, with a note saying where it happened. ``import_here=False`` only waits for the
+    in short slices so that an interrupt (the stop button) still reaches the cell. After a background
+    failure the modules are imported here, in the foreground. ``import_here=False`` only waits for the
     thread: what the pool needs before it forks, when the run loads nothing in the kernel.
     """
-    global _done, _error, _thread
+    global _done, _error
     thread = _thread
-    if thread is not None:
-        if thread.is_alive():
-            phases.report(PHASE)
-            while thread.is_alive():
-                thread.join(0.1)
-        with _lock:
-            error, _error = _error, None
-            if error is not None:
-                _thread = None  # the next run imports in the foreground
-        if error is not None:
-            error.add_note("nbdist imported this on a background thread from %load_ext nbdist")
-            raise error
+    if thread is not None and thread.is_alive():
+        phases.report(PHASE)
+        while thread.is_alive():
+            thread.join(0.1)
+    with _lock:
+        _error = None  # imported again below, in the foreground: a lasting error shows there as itself
     if _done or not import_here:
         return
     if "diffusers.pipelines.pipeline_utils" not in sys.modules:  # the slow part still ahead: say so

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ...options import NbdistUsageError
 from .gpus import GpuQuery, query_gpus
 
-__all__ = ["GpuChoice", "choose_gpus", "cpu_count", "cuda_initialized", "visible_gpu_count"]
+__all__ = ["GpuChoice", "choose_gpus", "cpu_count", "cuda_initialized", "fork_spoiled_by", "visible_gpu_count"]
 
 
 def _from_visible_devices(value: str) -> int:
@@ -120,16 +120,22 @@ def _child_in_bad_fork() -> bool:
 
 
 def cuda_initialized() -> bool:
-    """Whether CUDA was initialised in this process, so that forked workers could not use it.
+    """Whether CUDA was initialised (or probed) in this process, so that forked workers could not use it."""
+    return fork_spoiled_by() is not None
 
-    Without torch imported nothing here can have initialised it through torch; a CPU-only build of
-    torch cannot initialise it at all. Otherwise: torch's own flag, then the bad-fork probe.
+
+def fork_spoiled_by() -> str | None:
+    """``"initialised"``, ``"probed"`` (a device count asked of the CUDA runtime) or None: can workers use CUDA?
+
+    Without torch imported nothing here can have spoiled fork through torch; a CPU-only build of torch
+    cannot at all. Otherwise torch's own flag, then the bad-fork probe: a child is spoiled by an
+    ``is_available()`` answered by the CUDA runtime too, which initialises nothing that torch reports.
     """
     torch = sys.modules.get("torch")
     if torch is None:
-        return False
+        return None
     if torch.cuda.is_initialized():
-        return True
+        return "initialised"
     if not torch.backends.cuda.is_built():
-        return False
-    return _child_in_bad_fork()
+        return None
+    return "probed" if _child_in_bad_fork() else None

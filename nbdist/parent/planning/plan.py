@@ -138,10 +138,7 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
         raise NbdistUsageError("no prompts: write one prompt per line in the cell")
     notes: list[str] = []
     cluster = options.cluster is not None
-    if options.device != "cpu" and not cluster:
-        warm_imports.wait(import_here=False)  # the probe forks and reads torch: not while the warm thread imports it
-        check_fork_safe()
-    gpus = query_gpus() if options.device != "cpu" and not cluster else GpuQuery()  # one nvidia-smi call per plan
+    gpus = _local_gpus(options) if not cluster else GpuQuery()
     cuda_visible = None
     if cluster:
         pipe, name, device_type, dtype, n = _plan_cluster(model_or_pipe, options, notes)
@@ -171,6 +168,21 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
     info = RunInfo(jobs, options, name, seed, n, device_type, height, width, call)
     threads = 1 if cluster else _threads_per_worker(device_type, n)  # an actor asks Ray for one CPU
     return Plan(pipe, name, device_type, dtype, n, threads, options, jobs, info, call, notes, cuda_visible)
+
+
+def _local_gpus(options: GenerateOptions) -> GpuQuery:
+    """This machine's GPUs (one nvidia-smi call per plan); where workers will use them, fork checked safe first.
+
+    Only a GPU run is refused for a spoiled fork: a CPU worker never touches CUDA, and the CUDA build of
+    torch without a driver spoils fork at its first device count whatever anyone does.
+    """
+    if options.device == "cpu":
+        return GpuQuery()
+    gpus = query_gpus()
+    if options.device == "cuda" or visible_gpu_count(gpus) > 0:
+        warm_imports.wait(import_here=False)  # the probe forks and reads torch: not while the warm thread imports it
+        check_fork_safe()
+    return gpus
 
 
 def _dtype(model_or_pipe: Any, options: GenerateOptions, device_type: str, gpus: GpuQuery) -> tuple[str, str | None]:
