@@ -59,10 +59,12 @@ def load_ipython_extension(ipython: Any) -> None:
     that loaded nbdist has finished (its own ``import diffusers`` lines must not race it), and every
     later cell waits for it first; ``NBDIST_WARM_IMPORTS=0`` turns it off.
     """
+    from .notebook.colab import enable_custom_widgets
     from .notebook.magic import DistgenMagics
     from .notebook.quiet import install_filters
     from .warm_imports import start_after_cell
 
     install_filters()
     ipython.register_magics(DistgenMagics)
+    enable_custom_widgets(ipython)  # Colab draws the live gallery only with its custom widget manager
     start_after_cell(ipython)

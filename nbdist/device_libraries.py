@@ -50,6 +50,9 @@ _LAUNCHER_VARIABLES = ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
 
 
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+# Whether torch already asked NVML before nbdist was imported (the variable was set): a spoiled fork
+# then means NVML could not answer, not that something asked too early.
+nvml_asked_from_the_start = False
 
 
 def ask_nvml_for_cuda() -> bool:
@@ -59,6 +62,8 @@ def ask_nvml_for_cuda() -> bool:
     NVML cannot answer (no driver, a ``MIG-`` entry in ``CUDA_VISIBLE_DEVICES``) torch still falls back
     to the runtime call; the fork check before a GPU run (``parent/machine/fork_safety.py``) catches that.
     """
+    global nvml_asked_from_the_start
+    nvml_asked_from_the_start = os.environ.get(NVML_CHECK) == "1"
     return os.environ.setdefault(NVML_CHECK, "1") == "1"
 
 

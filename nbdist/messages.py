@@ -41,6 +41,7 @@ class WorkerStarted:
     threads: int
     device_map: dict[str, Any] | None = None  # hf_device_map of a --device-map run
     node: str | None = None  # the Ray node id of a --cluster actor; None on one machine
+    bad_fork: bool = False  # torch's flag in this worker: forked after its parent spoiled CUDA for children
 
 
 @dataclass(frozen=True)

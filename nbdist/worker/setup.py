@@ -18,7 +18,7 @@ from .lifecycle import set_process_title
 from .previews import Previews
 from .quiet import redirect_output, silence_libraries
 
-__all__ = ["ReadyWorker", "begin", "get_ready"]
+__all__ = ["ReadyWorker", "begin", "get_ready", "nccl_environment"]
 
 
 @dataclass
@@ -88,6 +88,13 @@ def get_ready(setup: WorkerSetup) -> tuple[ReadyWorker, WorkerStarted]:
     """Join the process group, load or inherit the pipeline, place it; returns the worker and its hello."""
     import torch
 
+    bad_fork = _in_bad_fork()
+    if bad_fork and setup.device_type == "cuda":
+        raise RuntimeError(
+            "this worker was forked after the kernel initialised or probed CUDA, so it cannot use the GPU: restart "
+            "the kernel and run %load_ext nbdist (or import nbdist) first"
+        )
+    nccl_environment(setup.device_type)
     state = _partial_state(setup.device_type)
     torch.set_num_threads(setup.threads_per_worker)  # accelerate's multi-CPU setup resets it to cores // n
     device = "cpu" if state.device.type == "cpu" else str(state.device)  # accelerate may say "cpu:0"
@@ -95,9 +102,39 @@ def get_ready(setup: WorkerSetup) -> tuple[ReadyWorker, WorkerStarted]:
     device = _place(pipe, setup, device)
     pipe.set_progress_bar_config(disable=True)
     hello = WorkerStarted(
-        state.process_index, device, os.getpid(), -1, torch.get_num_threads(), device_map=_device_map(pipe, setup)
+        state.process_index,
+        device,
+        os.getpid(),
+        -1,
+        torch.get_num_threads(),
+        device_map=_device_map(pipe, setup),
+        bad_fork=bad_fork,
     )
     return ReadyWorker(state, pipe, state.process_index, device), hello
+
+
+def nccl_environment(device_type: str) -> dict[str, str]:
+    """Turn NCCL's peer-to-peer and InfiniBand paths off where accelerate says they fail; returns what was set.
+
+    RTX 40-series GPUs under drivers older than 550.40.07 hang in them. ``notebook_launcher`` sets these
+    for the processes it forks; set here they hold on every path (``-n 1``, ``--device-map``, Ray actors,
+    torchrun). accelerate asks ``nvidia-smi``, never CUDA; a user's own setting is kept.
+    """
+    if device_type != "cuda":
+        return {}
+    from accelerate.utils import check_cuda_p2p_ib_support
+
+    if check_cuda_p2p_ib_support():
+        return {}
+    wanted = {"NCCL_P2P_DISABLE": "1", "NCCL_IB_DISABLE": "1"}
+    return {name: os.environ.setdefault(name, value) for name, value in wanted.items()}
+
+
+def _in_bad_fork() -> bool:
+    """torch's bad-fork flag, read before anything here touches CUDA (False on a CPU-only build of torch)."""
+    import torch
+
+    return bool(torch.backends.cuda.is_built() and torch.cuda._is_in_bad_fork())
 
 
 def _load(setup: WorkerSetup) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ... import device_libraries
 from ...device_libraries import NVML_CHECK
 from ...options import NbdistUsageError
 from .devices import fork_spoiled_by
@@ -52,7 +53,7 @@ def cuda_context_cause(spoiled: str | None) -> str | None:
 
 def _probed_message() -> str:
     """The CUDA runtime was asked for its device count here (no context): the cause and the fixes that work."""
-    if os.environ.get(NVML_CHECK) == "1":  # torch asked NVML and fell back: NVML cannot answer on this machine
+    if device_libraries.nvml_asked_from_the_start:  # torch asked NVML and fell back: NVML cannot answer here
         why = "NVML could not answer here, so torch asked the CUDA runtime"
         fix = "restart the kernel and keep torch.cuda calls out of it until the workers have started"
     else:

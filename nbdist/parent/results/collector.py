@@ -71,7 +71,7 @@ class ResultBuilder:
             self.records[msg.index] = record
         elif isinstance(msg, WorkerStarted):
             self.workers[msg.rank] = WorkerInfo(
-                msg.rank, msg.device, msg.pid, msg.threads, msg.device_map, node=msg.node
+                msg.rank, msg.device, msg.pid, msg.threads, msg.device_map, node=msg.node, bad_fork=msg.bad_fork
             )
         elif isinstance(msg, WorkerFinished):
             self.finished.add(msg.rank)

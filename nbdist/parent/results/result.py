@@ -133,6 +133,7 @@ class WorkerInfo:
     threads: int
     device_map: dict[str, Any] | None = None  # where --device-map balanced put each component
     node: str | None = None  # the Ray node id of a --cluster actor; None on one machine
+    bad_fork: bool = False  # CUDA unusable in this worker: forked after the kernel initialised or probed it
 
 
 class RecordSequence(Sequence[ImageRecord]):
