@@ -124,3 +124,49 @@ def test_workers_run_on_the_chosen_gpu(tmp_path: Path, tiny_model: str) -> None:
         assert k.value("(len(res.images), os.environ.get('CUDA_VISIBLE_DEVICES'))") == (1, None)
         pid, seen = record.read_text().split()
         assert int(pid) != k.pid and seen == "GPU-fake-1"
+
+
+A100_MIG = {"memory_gb": 80, "name": "NVIDIA A100-SXM4-80GB", "compute_cap": 8.0, "mig": ["3g.40gb", "3g.40gb"]}
+
+
+def test_mig_instances_are_gpus_each_worker_given_its_own(gpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CUDA_VISIBLE_DEVICES=MIG-...`` (as a scheduler hands out MIG slices): two GPUs of 40 GB with the
+    A100's capability, not zero GPUs and a silent fp32 run on the CPU (issue 26). CUDA shows a process one
+    instance only, so each worker gets its own as its device 0."""
+    from nbdist.worker.setup import visible_devices
+
+    gpus([A100_MIG])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-fake-0-0,MIG-fake-0-1")
+    found = query_gpus().gpus
+    assert [(g.index, g.uuid, g.name, g.memory_total, g.compute_cap) for g in found] == [
+        (0, "MIG-fake-0-0", "NVIDIA A100-SXM4-80GB MIG 3g.40gb", 40 * 10**9, 8.0),
+        (1, "MIG-fake-0-1", "NVIDIA A100-SXM4-80GB MIG 3g.40gb", 40 * 10**9, 8.0),
+    ]
+    choice = choose_gpus(None)
+    assert (choice.count, choice.cuda_visible) == (2, "MIG-fake-0-0,MIG-fake-0-1")
+    assert visible_devices(choice.cuda_visible, 1) == {"CUDA_VISIBLE_DEVICES": "MIG-fake-0-1", "LOCAL_RANK": "0"}
+    assert visible_devices("GPU-fake-1,GPU-fake-2", 1) == {"CUDA_VISIBLE_DEVICES": "GPU-fake-1,GPU-fake-2"}
+    plan = plan_run(nbdist_demo(), ["a cat"], GenerateOptions())
+    assert (plan.device_type, plan.dtype, plan.num_processes) == ("cuda", "float16", 2)  # the SD1.x rule on GPUs
+
+
+def nbdist_demo() -> str:
+    import nbdist
+
+    return nbdist.demo_model()
+
+
+@pytest.mark.parametrize(("driver", "expected"), [("535.104.05", {"NCCL_P2P_DISABLE": "1", "NCCL_IB_DISABLE": "1"}),
+                                                  ("550.54.14", {})])  # fmt: skip
+def test_rtx_40_peer_to_peer_rules_on_every_worker(gpus, monkeypatch: pytest.MonkeyPatch, driver, expected) -> None:
+    """accelerate turns NCCL's P2P and InfiniBand off for RTX 40-series GPUs under drivers before 550.40.07, but
+    only in notebook_launcher; every nbdist worker applies the same rule when it gets ready (``get_ready``:
+    forked pool, ``-n 1``, ``--device-map``, Ray actors, torchrun), from nvidia-smi, never CUDA."""
+    from nbdist.worker.setup import nccl_environment
+
+    gpus([HEADLESS, HEADLESS], driver_version=driver)
+    for name in ("NCCL_P2P_DISABLE", "NCCL_IB_DISABLE"):
+        monkeypatch.delenv(name, raising=False)
+    assert nccl_environment("cuda") == expected
+    assert {k: os.environ[k] for k in expected} == expected
+    assert nccl_environment("cpu") == {}

@@ -18,7 +18,7 @@ from .lifecycle import set_process_title
 from .previews import Previews
 from .quiet import redirect_output, silence_libraries
 
-__all__ = ["ReadyWorker", "begin", "get_ready", "nccl_environment"]
+__all__ = ["ReadyWorker", "begin", "get_ready", "nccl_environment", "visible_devices"]
 
 
 @dataclass
@@ -51,7 +51,7 @@ class ReadyWorker:
 def begin(setup: WorkerSetup) -> int:
     """First thing in a worker: output to its log file, libraries quiet, thread count set; returns the rank."""
     if setup.cuda_visible is not None:  # the GPUs the plan chose; CUDA reads this at its first use, not before
-        os.environ["CUDA_VISIBLE_DEVICES"] = setup.cuda_visible
+        os.environ.update(visible_devices(setup.cuda_visible, int(os.environ.get("LOCAL_RANK", "0"))))
     import torch
 
     restore_in_worker()  # bitsandbytes & co., kept out of the kernel, are this worker's to import
@@ -61,6 +61,18 @@ def begin(setup: WorkerSetup) -> int:
     silence_libraries()
     torch.set_num_threads(setup.threads_per_worker)
     return rank
+
+
+def visible_devices(cuda_visible: str, local_rank: int) -> dict[str, str]:
+    """This worker's ``CUDA_VISIBLE_DEVICES`` (and ``LOCAL_RANK``) for the GPUs the plan chose.
+
+    GPUs: all of them, rank r uses the r-th. MIG instances: CUDA shows a process one instance only, so
+    each worker is given its own and uses it as device 0 (accelerate picks ``cuda:LOCAL_RANK``).
+    """
+    entries = cuda_visible.split(",")
+    if not entries[0].startswith("MIG-"):
+        return {"CUDA_VISIBLE_DEVICES": cuda_visible}
+    return {"CUDA_VISIBLE_DEVICES": entries[local_rank], "LOCAL_RANK": "0"}
 
 
 def _device_label(setup: WorkerSetup) -> str:

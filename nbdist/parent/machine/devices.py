@@ -80,7 +80,8 @@ def choose_gpus(num_processes: int | None, query: GpuQuery | None = None) -> Gpu
     count = num_processes or len(compute)
     extra = [g for g in visible if g not in compute][: max(0, count - len(compute))]
     chosen = sorted(compute[:count] + extra, key=lambda g: g.index)
-    cuda_visible = None if chosen == visible[:count] else ",".join(g.uuid for g in chosen)
+    mig = any(g.uuid.startswith("MIG-") for g in chosen)  # one instance per worker: always named (setup.py)
+    cuda_visible = None if chosen == visible[:count] and not mig else ",".join(g.uuid for g in chosen)
     left_out = [g for g in visible if g.display_active and g not in chosen]
     note = None
     if left_out and num_processes is None:

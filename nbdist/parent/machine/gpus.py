@@ -13,6 +13,7 @@ the real arithmetic run against GPU sizes the test chooses.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -87,6 +88,38 @@ def _parse(line: str, fields: tuple[str, ...]) -> Gpu | None:
     )
 
 
+_MIG_LINE = re.compile(r"^\s+MIG\s+(\S+)\s+Device\s+\d+:\s+\(UUID:\s+(MIG-[^)\s]+)\)")
+
+
+def _mig_instances(smi: str, gpus: list[Gpu]) -> list[Gpu]:
+    """MIG instances from ``nvidia-smi -L``, each a GPU of its own: its profile's memory, its parent's capability.
+
+    ``--query-gpu`` lists only the physical GPUs, while ``CUDA_VISIBLE_DEVICES`` names instances by their
+    ``MIG-`` UUID; an instance's memory is in its profile name (``3g.40gb``: 40 GB).
+    """
+    out, problem = _run_smi(smi, ["-L"])
+    found: list[Gpu] = []
+    parent: Gpu | None = None
+    for line in out.splitlines() if problem is None else []:
+        if line.startswith("GPU "):
+            index = line[4:].split(":", 1)[0]
+            parent = next((g for g in gpus if str(g.physical) == index), None)
+        elif (match := _MIG_LINE.match(line)) and parent is not None:
+            profile, uuid = match.groups()
+            size = re.search(r"(\d+)gb", profile)
+            memory = int(size.group(1)) * 10**9 if size else parent.memory_total
+            name = f"{parent.name} MIG {profile}"
+            found.append(Gpu(-1, parent.physical, uuid, name, memory, memory, parent.compute_cap, False))
+    return found
+
+
+def _matches(gpu: Gpu, entry: str) -> bool:
+    """Whether a ``CUDA_VISIBLE_DEVICES`` entry (an index, a ``GPU-``/``MIG-`` UUID or a UUID prefix) names ``gpu``."""
+    if entry.isdigit():
+        return gpu.physical == int(entry) and not gpu.uuid.startswith("MIG-")
+    return bool(entry) and gpu.uuid.startswith(entry if entry.startswith(("GPU-", "MIG-")) else f"GPU-{entry}")
+
+
 def _visible(gpus: list[Gpu], visible: str | None) -> list[Gpu]:
     """The GPUs ``CUDA_VISIBLE_DEVICES`` leaves, in its order, renumbered from 0; CUDA stops at a bad entry."""
     if visible is None:
@@ -94,16 +127,7 @@ def _visible(gpus: list[Gpu], visible: str | None) -> list[Gpu]:
     chosen: list[Gpu] = []
     for entry in visible.split(","):
         entry = entry.strip()
-        match = [
-            g
-            for g in gpus
-            if (entry.isdigit() and g.physical == int(entry))
-            or (
-                not entry.isdigit()
-                and entry
-                and g.uuid.startswith(entry if entry.startswith("GPU-") else f"GPU-{entry}")
-            )
-        ]
+        match = [g for g in gpus if _matches(g, entry)]
         if len(match) != 1 or match[0] in chosen:
             break
         chosen.append(match[0])
@@ -129,7 +153,10 @@ def query_gpus() -> GpuQuery:
     if problem is not None:
         return GpuQuery([], problem)
     parsed = [g for g in (_parse(line, fields) for line in out.splitlines() if line.strip()) if g is not None]
-    return GpuQuery(_visible(parsed, os.environ.get("CUDA_VISIBLE_DEVICES")), note)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and "MIG-" in visible:
+        parsed += _mig_instances(smi, parsed)
+    return GpuQuery(_visible(parsed, visible), note)
 
 
 def compute_apps() -> set[int] | None:
