@@ -10,7 +10,8 @@
 # even when a stage hangs. A stage that fails, times out or is not reached is written in the report,
 # never skipped silently, and the script then exits 1.
 #
-# Stages: the machine (nvidia-smi, torch, CUDA), install, imports, a kernel running a tiny %%distgen
+# Stages: the machine (nvidia-smi, torch, CUDA), install, bad-fork (workers forked after diffusers was
+# imported in the kernel make their images on the GPUs: tests/test_gpu_fork.py), imports, a kernel running a tiny %%distgen
 # on a CPU worker, `pytest -m gpu` over the test files that hold gpu-marked tests, and
 # benchmarks/gpu_bench.py on an SD1.5-shaped random model (built in the background meanwhile). The report is benchmarks/GPU.md (GPU_CHECK_REPORT to change),
 # copied with every stage's log to $OUT when set (the device tool brings $OUT back).
@@ -196,6 +197,15 @@ if [ "$MODE" != none ]; then
   export NBDIST_CACHE="$WORK/cache" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 fi
 
+# --- first: do forked workers get the GPU after diffusers was imported in the kernel? (issue 26) ----
+bad_fork() {
+  "$PY" -m pytest -m gpu -p no:cacheprovider -o addopts="" -rA -v --timeout 100 tests/test_gpu_fork.py
+}
+export -f bad_fork
+if [ "$MODE" != none ]; then
+  stage bad-fork 120 bad_fork
+fi
+
 # --- the model for the benchmark, built on the CPU while the checks below run --------------------
 BUILD_PID=""
 MODEL=$WORK/sd15-random
@@ -216,7 +226,7 @@ fi
 # --- gpu tests --------------------------------------------------------------------------------
 gpu_tests() {
   local files
-  files=$(grep -l "pytest.mark.gpu" tests/test_*.py)
+  files=$(grep -l "pytest.mark.gpu" tests/test_*.py | grep -v test_gpu_fork.py)  # run first, as bad-fork
   if [ -z "$files" ]; then
     echo "no test file holds a pytest.mark.gpu test"
     return 2
