@@ -25,13 +25,24 @@ from .options import GenerateOptions, NbdistUsageError
 
 __all__ = ["CHECKPOINTS", "CallSettings", "call_parameters", "check_params", "check_scheduler", "resolve_call"]
 
-# Settings from the model cards of checkpoints whose pipeline class defaults do not suit them.
+# Settings from the model cards of checkpoints whose pipeline class defaults do not suit them; each
+# entry's card (its diffusers example) is named beside it.
 CHECKPOINTS: dict[str, dict[str, float | int]] = {
+    # https://huggingface.co/stabilityai/sdxl-turbo
     "stabilityai/sdxl-turbo": {"steps": 1, "guidance": 0.0},
+    # https://huggingface.co/stabilityai/sd-turbo
     "stabilityai/sd-turbo": {"steps": 1, "guidance": 0.0},
+    # https://huggingface.co/stabilityai/stable-diffusion-3.5-large-turbo
     "stabilityai/stable-diffusion-3.5-large-turbo": {"steps": 4, "guidance": 0.0},
+    # https://huggingface.co/stabilityai/stable-diffusion-3.5-large (the class default is guidance 7.0)
+    "stabilityai/stable-diffusion-3.5-large": {"steps": 28, "guidance": 3.5},
+    # https://huggingface.co/stabilityai/stable-diffusion-3.5-medium
+    "stabilityai/stable-diffusion-3.5-medium": {"steps": 40, "guidance": 4.5},
+    # https://huggingface.co/black-forest-labs/FLUX.1-schnell
     "black-forest-labs/FLUX.1-schnell": {"steps": 4, "guidance": 0.0},
+    # https://huggingface.co/SimianLuo/LCM_Dreamshaper_v7
     "SimianLuo/LCM_Dreamshaper_v7": {"steps": 4, "guidance": 8.0},
+    # https://huggingface.co/latent-consistency/lcm-sdxl
     "latent-consistency/lcm-sdxl": {"steps": 4, "guidance": 8.0},
 }
 

@@ -42,3 +42,28 @@ def test_missing_configs_leave_the_size_unknown_rather_than_guessed(tmp_path: Pa
     call = resolve_call(None, str(tmp_path), GenerateOptions())
     assert (call.effective["height"], call.effective["width"]) == (None, None)
     assert (call.effective["steps"], call.effective["guidance"]) == (50, 7.5)  # the class's own defaults
+
+
+@pytest.mark.parametrize(
+    ("model", "steps", "guidance"),
+    [
+        ("stabilityai/stable-diffusion-3.5-large", 28, 3.5),
+        ("stabilityai/stable-diffusion-3.5-medium", 40, 4.5),
+        ("stabilityai/stable-diffusion-3.5-large-turbo", 4, 0.0),
+    ],
+)
+def test_each_sd35_checkpoint_gets_its_model_cards_settings(model: str, steps: int, guidance: float) -> None:
+    """SD3.5 Large and Medium ran at the class's guidance 7.0, twice what their cards use (issue 31, item 3)."""
+    call = resolve_call(None, model, GenerateOptions())
+    assert (call.effective["steps"], call.effective["guidance"]) == (steps, guidance)
+    assert call.sources["steps"] == call.sources["guidance"] == "table"
+    assert call.kwargs == {"num_inference_steps": steps, "guidance_scale": guidance}
+
+
+def test_every_checkpoint_entry_names_its_model_card() -> None:
+    from nbdist import call_settings
+
+    lines = Path(call_settings.__file__).read_text(encoding="utf-8").splitlines()
+    for name in call_settings.CHECKPOINTS:
+        at = next(i for i, line in enumerate(lines) if line.strip().startswith(f'"{name}":'))
+        assert lines[at - 1].strip().startswith(f"# https://huggingface.co/{name}"), name
