@@ -20,17 +20,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .model_files import ModelFiles, model_files
 from .options import GenerateOptions, NbdistUsageError
 
 __all__ = ["CHECKPOINTS", "CallSettings", "call_parameters", "check_params", "check_scheduler", "resolve_call"]
 
-# Settings from the model cards of checkpoints whose pipeline class defaults do not suit them.
+# Settings from the model cards of checkpoints whose pipeline class defaults do not suit them; each
+# entry's card (its diffusers example) is named beside it.
 CHECKPOINTS: dict[str, dict[str, float | int]] = {
+    # https://huggingface.co/stabilityai/sdxl-turbo
     "stabilityai/sdxl-turbo": {"steps": 1, "guidance": 0.0},
+    # https://huggingface.co/stabilityai/sd-turbo
     "stabilityai/sd-turbo": {"steps": 1, "guidance": 0.0},
+    # https://huggingface.co/stabilityai/stable-diffusion-3.5-large-turbo
     "stabilityai/stable-diffusion-3.5-large-turbo": {"steps": 4, "guidance": 0.0},
+    # https://huggingface.co/stabilityai/stable-diffusion-3.5-large (the class default is guidance 7.0)
+    "stabilityai/stable-diffusion-3.5-large": {"steps": 28, "guidance": 3.5},
+    # https://huggingface.co/stabilityai/stable-diffusion-3.5-medium
+    "stabilityai/stable-diffusion-3.5-medium": {"steps": 40, "guidance": 4.5},
+    # https://huggingface.co/black-forest-labs/FLUX.1-schnell
     "black-forest-labs/FLUX.1-schnell": {"steps": 4, "guidance": 0.0},
+    # https://huggingface.co/SimianLuo/LCM_Dreamshaper_v7
     "SimianLuo/LCM_Dreamshaper_v7": {"steps": 4, "guidance": 8.0},
+    # https://huggingface.co/latent-consistency/lcm-sdxl
     "latent-consistency/lcm-sdxl": {"steps": 4, "guidance": 8.0},
 }
 
@@ -78,7 +90,7 @@ class CallSettings:
 
 
 def call_parameters(pipe: Any) -> dict[str, inspect.Parameter] | None:
-    """The pipeline's call arguments; None without a pipeline (``--device-map``: the kernel loads none).
+    """The call arguments of a pipeline (or of its class); None without either.
 
     A subclass whose ``__call__`` takes ``**kwargs`` and hands them to ``super()`` (a user's wrapper)
     still takes its base class's arguments: they are read down the MRO until a signature without
@@ -87,7 +99,7 @@ def call_parameters(pipe: Any) -> dict[str, inspect.Parameter] | None:
     if pipe is None:
         return None
     params: dict[str, inspect.Parameter] = {}
-    for cls in type(pipe).__mro__:
+    for cls in (pipe if isinstance(pipe, type) else type(pipe)).__mro__:
         call = cls.__dict__.get("__call__")
         if call is None:
             continue
@@ -132,13 +144,16 @@ def default_size(pipe: Any) -> tuple[int | None, int | None]:
 
 def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> CallSettings:
     """Effective settings for ``pipe`` with ``options``: user > model file > table > the class's default."""
-    signature = call_parameters(pipe)
+    files = model_files(model, getattr(options, "revision", None)) if pipe is None else None
+    shape = pipe if pipe is not None else files.pipeline_class() if files is not None else None
+    signature = call_parameters(shape)  # no pipeline here (--quantize, --device-map, --cluster): its class's
     params = signature if signature is not None else {a: None for a in (*_ARGUMENT.values(), "negative_prompt")}
     chosen, source = recommended(model)
     kwargs: dict[str, Any] = {}
     effective: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    size = dict(zip(("height", "width"), default_size(pipe) if pipe is not None else (None, None), strict=True))
+    known = default_size(pipe) if pipe is not None else files.default_size() if files is not None else (None, None)
+    size = dict(zip(("height", "width"), known, strict=True))
     for name, argument in _ARGUMENT.items():
         user = getattr(options, name)
         if user is not None:
@@ -155,10 +170,10 @@ def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> Call
         if argument in params:
             kwargs[argument] = value
     kwargs.update(options.params)
-    notes = _unused(pipe, params, options) if signature is not None else []
+    notes = _unused(shape, params, options) if signature is not None else []
     negative = options.negative if options.negative is not None and "negative_prompt" in params else None
     effective["negative"], sources["negative"] = negative, "user" if negative is not None else "class"
-    effective["scheduler"] = options.scheduler or type(getattr(pipe, "scheduler", None)).__name__
+    effective["scheduler"] = options.scheduler or _scheduler_name(pipe, files)
     sources["scheduler"] = "user" if options.scheduler else "class"
     loras = dict(getattr(options, "loras", None) or {})
     fuse = bool(getattr(options, "fuse_lora", False))
@@ -182,9 +197,16 @@ def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> Call
     )
 
 
+def _scheduler_name(pipe: Any, files: ModelFiles | None) -> str | None:
+    """The class of the scheduler the images are made with: the pipeline's, else its config's."""
+    if pipe is None:
+        return files.scheduler_class() if files is not None else None
+    return type(getattr(pipe, "scheduler", None)).__name__
+
+
 def _unused(pipe: Any, params: dict[str, inspect.Parameter], options: GenerateOptions) -> list[str]:
-    """One line per setting the user gave that this pipeline will not use."""
-    cls = type(pipe).__name__
+    """One line per setting the user gave that this pipeline (or pipeline class) will not use."""
+    cls = (pipe if isinstance(pipe, type) else type(pipe)).__name__
     notes = []
     if options.negative is not None:
         if "negative_prompt" not in params:

@@ -25,6 +25,7 @@ __all__ = [
     "cached_pipeline",
     "clear_cache",
     "load_pipeline",
+    "locate",
     "quiet_libraries",
     "resolve_model",
     "torch_dtype",
@@ -135,6 +136,35 @@ def load_pipeline(
                 return DiffusionPipeline.from_pretrained(expanded if os.path.isdir(expanded) else model, **kwargs)
         except Exception as exc:  # OSError, ValueError, or a transport error mid-download
             error = _load_error(model, exc, os.path.isdir(expanded), allow_pickle, variant, revision)
+            if error is None:
+                raise
+            raise error from exc
+
+
+def locate(model: str, *, allow_pickle: bool = False, variant: str | None = None, revision: str | None = None) -> str:
+    """The local folder ``from_pretrained`` would load ``model`` from, fetched as it would (hub cache first).
+
+    Asked before the kernel's cache gives up a loaded model for this one, so that a name which cannot
+    be had (a typo, offline, gated) is refused while the loaded model, and the warm workers that copied
+    it, stay as they were. The same short errors as ``load_pipeline``; loads no weights.
+    """
+    expanded = os.path.expanduser(model)
+    local = os.path.isdir(expanded)
+    if looks_like_path(model) and not local:
+        raise NbdistUsageError(f"model folder {model!r} does not exist")
+    warm_imports.wait(import_here=phases.listening())
+    with quiet_libraries():
+        from diffusers import DiffusionPipeline
+
+        try:
+            if local:
+                DiffusionPipeline.load_config(expanded)  # no model_index.json: refused here, not after the eviction
+                return expanded
+            safetensors = None if allow_pickle else True
+            folder = DiffusionPipeline.download(model, revision=revision, variant=variant, use_safetensors=safetensors)
+            return str(folder)
+        except Exception as exc:
+            error = _load_error(model, exc, local, allow_pickle, variant, revision)
             if error is None:
                 raise
             raise error from exc
@@ -268,7 +298,8 @@ def cached_pipeline(
     """Load once per kernel, keyed by (model, dtype, variant, revision): re-running a cell costs no load time.
 
     The cache holds ``cache_size()`` pipelines, least recently used dropped first, and drops them
-    *before* loading the new one, so the kernel's peak is not old + new when nothing else holds the old.
+    *before* loading the new one, so the kernel's peak is not old + new when nothing else holds the old;
+    but only once the new one is found (``locate``): a cell with a mistyped name keeps the loaded model.
     """
     where = os.path.abspath(os.path.expanduser(model)) if looks_like_path(model) else model
     key = (where, dtype, allow_pickle, variant, revision)
@@ -278,6 +309,7 @@ def cached_pipeline(
             return _CACHE[key]
         size = cache_size()
         if len(_CACHE) >= size:
+            locate(model, allow_pickle=allow_pickle, variant=variant, revision=revision)  # before giving any up
             while len(_CACHE) >= size:
                 _CACHE.pop(next(iter(_CACHE)))
             gc.collect()  # modules can sit in reference cycles: free their tensors before the next load

@@ -420,3 +420,30 @@ def test_offload_on_gpus_gives_the_same_images(tiny_model: str, offload: str) ->
     tiled = nbdist.generate(tiny_model, ["a dog"], steps=2, seed=0, num_processes=1, offload=offload, vae_tiling=True)
     assert tiled.complete, (tiled.worker_failures, tiled.logs)
     assert not torch.cuda.is_initialized()  # offloading happened in the worker, not in this process
+
+
+def test_an_sdxl_vae_decoded_in_float32_is_counted(tiny_model: str) -> None:
+    """SDXL's pipelines decode a float16 VAE in float32 (``force_upcast``): twice the decode's activations
+    and a float32 copy of the VAE's weights. Uncounted, a run the check let through ran out of memory in
+    its decode (issue 31, item 4)."""
+    from dataclasses import replace
+
+    from nbdist.parent.machine.memory_fit import DECODE_WORKING
+    from nbdist.tiny_families import ensure_family
+
+    sdxl = known_model("stabilityai/stable-diffusion-xl-base-1.0", "float16")
+    assert sdxl is not None and sdxl.vae_upcast
+    vae = sdxl.sizes(None)["vae"]
+    pixels = 1024 * 1024
+    extra = gpu_need(sdxl, Setting(), pixels, 1) - gpu_need(replace(sdxl, vae_upcast=False), Setting(), pixels, 1)
+    assert extra == DECODE_WORKING + vae
+    bf16 = known_model("stabilityai/stable-diffusion-xl-base-1.0", "bfloat16")
+    assert bf16 is not None and gpu_need(bf16, Setting(), pixels, 1) == gpu_need(
+        replace(bf16, vae_upcast=False), Setting(), pixels, 1
+    )  # no upcast in bfloat16
+    message = refusal(sdxl, Setting(), Machine((int(9.5 * GiB),), None), workers=1, pixels=pixels, batch=1)
+    assert message is not None and message.startswith("SDXL needs ~9.7 GiB per worker") and "--vae-tiling" in message
+    # Known from the folder and from a loaded pipeline alike; an SD1.x pipeline never upcasts.
+    options = GenerateOptions()
+    assert estimate(str(ensure_family("sdxl")), "float16", options).vae_upcast  # type: ignore[union-attr]
+    assert not estimate(tiny_model, "float16", options).vae_upcast  # type: ignore[union-attr]

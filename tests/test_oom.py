@@ -122,3 +122,48 @@ def test_the_retry_runs_after_the_except_block_with_the_activations_freed(unit: 
     assert all(freed for _, _, freed in retried), "the failed batch's activations were still alive"
     made = [m for m in messages if isinstance(m, ImageReady)]
     assert sorted(m.index for m in made) == [0, 1] and not any(isinstance(m, ImageFailed) for m in messages)
+
+
+class DecoderCalls(UNetCalls):
+    """The same for the VAE's decoder: it runs out of memory above ``limit`` latents (no guidance here)."""
+
+
+def decode_unit(tiny_model: str, limit: int) -> tuple[UNetCalls, DecoderCalls, list[Any]]:
+    """Two images in one batch through ``make_images``; the decoder runs out of memory above ``limit``."""
+    pipe, unet = oom_pipe(tiny_model, limit=99)
+    decoder = DecoderCalls(limit)
+    pipe.vae.decoder.register_forward_pre_hook(decoder)
+    worker = ReadyWorker(state=None, pipe=pipe, rank=0, device="cpu")
+    sent: queue.Queue[Any] = queue.Queue()
+    outbox = Outbox(sent, thumbnail_size=32, save=None)
+    options = GenerateOptions(steps=STEPS, guidance=GUIDANCE, batch_size=2)
+    assert make_images(
+        worker, batches(make_jobs(PROMPTS[:2], 1, 0), 2), resolve_call(pipe, tiny_model, options), outbox
+    )
+    outbox.close()
+    assert not pipe.vae.use_slicing and "decode" not in vars(pipe.vae)  # the VAE is left as it was
+    return unet, decoder, [sent.get_nowait() for _ in range(sent.qsize())]
+
+
+def test_a_decode_out_of_memory_is_retried_one_image_at_a_time_without_denoising_again(
+    tiny_model: str, tiny_pipe: Any
+) -> None:
+    unet, decoder, messages = decode_unit(tiny_model, limit=1)
+    assert [latents for latents, _, _ in unet.calls] == [4] * STEPS  # the batch denoised once, never again
+    assert [latents for latents, _, _ in decoder.calls] == [2, 1, 1]  # its decode, then one image at a time
+    assert all(handling is None and freed for _, handling, freed in decoder.calls[1:]), decoder.calls
+    made = sorted((m for m in messages if isinstance(m, ImageReady)), key=lambda m: m.index)
+    assert [m.index for m in made] == [0, 1] and not any(isinstance(m, ImageFailed) for m in messages)
+    for m, job in zip(made, make_jobs(PROMPTS[:2], 1, 0), strict=True):
+        image = np.asarray(m.to_pil(), dtype=np.int16)
+        assert np.abs(image - reference(tiny_pipe, job.prompt, job.seed)).max() <= 2, m.index
+
+
+def test_a_decode_that_does_not_fit_alone_names_vae_tiling(tiny_model: str) -> None:
+    unet, _, messages = decode_unit(tiny_model, limit=0)
+    assert [latents for latents, _, _ in unet.calls] == [4] * STEPS  # no image-by-image denoising either
+    failed = [m for m in messages if isinstance(m, ImageFailed)]
+    expected = (
+        "out of GPU memory in the VAE decode (tried to allocate 2.00 GiB): add --vae-tiling, or lower --height/--width"
+    )
+    assert sorted(m.index for m in failed) == [0, 1] and {m.error for m in failed} == {expected}, failed

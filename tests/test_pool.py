@@ -47,6 +47,30 @@ def test_same_workers_across_cells(kernel: Kernel, tiny_model: str) -> None:
     assert len(pids(kernel)) == 1 and pids(kernel)[0] not in first
 
 
+def test_a_failed_cell_keeps_the_workers_and_the_loaded_model(kernel: Kernel, tiny_model: str) -> None:
+    """A cell refused before it runs (a typo in the model's name, a bad --param) costs no fork and no load.
+
+    As a new user met it: ``--model dmeo`` failed, and the next ``--model demo`` started new workers
+    ("pipeline object changed"): the failed load had dropped the cached demo model first.
+    """
+    demo = "%%distgen --model demo -n 1 --steps 1 --seed 0 -o {out}\na red circle"
+    assert kernel.execute("import nbdist\nfrom nbdist.pipelines import cached_pipeline").error is None
+    assert kernel.execute(demo.format(out="a")).error is None
+    first, loaded = pids(kernel), kernel.value("id(cached_pipeline(str(nbdist.demo_model()), 'float32'))")
+    ex = kernel.execute(demo.replace("demo", "dmeo", 1).format(out="typo"))
+    assert "UsageError" in ex.stream("stderr") and "'dmeo'" in ex.stream("stderr"), ex.stream()
+    ex = kernel.execute(demo.format(out="b"))
+    assert ex.error is None and stderr_lines(ex) == [], ex.stream()
+    assert pids(kernel) == first
+    assert kernel.value("id(cached_pipeline(str(nbdist.demo_model()), 'float32'))") == loaded
+    # Another model that loads but whose cell is refused: the demo workers stay all the same.
+    ex = kernel.execute(f"%%distgen --model {tiny_model} -n 1 --steps 1 --param bogus=1\nx")
+    assert "--param bogus" in ex.stream("stderr"), ex.stream()
+    ex = kernel.execute(demo.format(out="c"))
+    assert ex.error is None and stderr_lines(ex) == [], ex.stream()
+    assert pids(kernel) == first and kernel.value("(a[0].image.tobytes() == c[0].image.tobytes())")
+
+
 STALE_SETUP = """
 import torch, nbdist
 torch.set_num_threads(1)  # reference calls in the kernel: no OpenMP spin-waiting against other load

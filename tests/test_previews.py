@@ -166,3 +166,38 @@ def test_taesd_without_a_path_needs_a_published_family(tiny_model: str) -> None:
 
     with pytest.raises(NbdistUsageError, match="no published TAESD"):
         nbdist.generate(tiny_model, ["a dog"], steps=1, num_processes=1, preview="taesd", on_preview=print)
+
+
+def test_a_failing_preview_turns_previews_off_and_never_fails_the_image(capsys) -> None:
+    """Flux's previews unpack its packed latents by the image size; with none known (the kernel held no
+    pipeline) that raised in the first preview and failed every image. Now: one line, previews off for
+    the run, the image made as a plain call makes it. Real tiny Flux, real worker code."""
+    import numpy as np
+    import torch
+
+    from nbdist.call_settings import resolve_call
+    from nbdist.jobs import make_jobs
+    from nbdist.options import GenerateOptions
+    from nbdist.pipelines import load_pipeline
+    from nbdist.tiny_families import ensure_family
+    from nbdist.worker.generation import run_batch
+    from nbdist.worker.previews import Previews
+
+    pipe = load_pipeline(str(ensure_family("flux")), "float32")
+    pipe.set_progress_bar_config(disable=True)
+    call = resolve_call(None, None, GenerateOptions(steps=4))  # no size known at all: the worst case
+    previews, sent = Previews(), []
+    jobs = make_jobs(["a fox"], 1, 0, {})
+    hook = previews.hook(pipe, 0, jobs, call, sent.append)
+    assert hook is not None
+    hook._size = (None, None)  # what the kernel sent before; the hook's own fallback (the pipeline's size) undone
+    made = run_batch(pipe, jobs, call, preview=hook)
+    plain = pipe("a fox", num_inference_steps=4, generator=torch.Generator("cpu").manual_seed(0)).images[0]
+    assert made[0].image is not None and np.array_equal(np.asarray(made[0].image), np.asarray(plain))
+    assert sent == [] and previews.hook(pipe, 0, jobs, call, sent.append) is None  # off for the rest of the run
+    lines = [line for line in capsys.readouterr().err.splitlines() if "previews off" in line]
+    assert len(lines) == 1 and "TypeError" in lines[0], lines
+    # A run with its size unknown but a pipeline at hand draws its previews (the workers' own size).
+    hook = Previews().hook(pipe, 0, jobs, call, sent.append)
+    assert hook is not None and run_batch(pipe, jobs, call, preview=hook)[0].image is not None
+    assert sent and {message.step for message in sent} >= {4}

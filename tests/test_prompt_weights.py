@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from kernel import Kernel
 from test_faults import stderr_lines
 
@@ -66,3 +67,36 @@ def test_a1111_translation_unit() -> None:
     assert a1111_to_compel(r"a \(literal\) (open") == r"a \(literal\) \(open"
     assert a1111_to_compel("plain words") == "plain words"
     assert has_weights("(x:2)") and not has_weights(r"a \(x\)") and not has_weights("plain")
+
+
+@pytest.mark.parametrize("shape", ["sd", "sdxl"])
+def test_a_weight_of_one_makes_plain_diffusers_image(shape: str) -> None:
+    """``(cat:1.0)`` goes through compel and must give the image of a plain diffusers call for "cat".
+
+    On SDXL it did not (issue 31, item 3), for two reasons: compel encodes the pooled embedding from
+    the raw prompt, brackets and weights included, and with no ``--negative`` it sent the embedding
+    of "" where diffusers sends zeros (``force_zeros_for_empty_prompt``). Measured before: 26/255
+    without a negative, 10/255 with one, on this tiny SDXL shape. Real worker code, real pipelines.
+    """
+    import numpy as np
+    import torch
+
+    from nbdist.call_settings import resolve_call
+    from nbdist.jobs import make_jobs
+    from nbdist.options import GenerateOptions
+    from nbdist.pipelines import load_pipeline
+    from nbdist.tiny_families import ensure_family
+    from nbdist.worker.generation import run_batch
+    from nbdist.worker.prompt_weights import needs_compel
+
+    folder = str(ensure_family(shape))
+    pipe = load_pipeline(folder, "float32")
+    pipe.set_progress_bar_config(disable=True)
+    for negative in (None, "blurry"):
+        call = resolve_call(pipe, folder, GenerateOptions(steps=2, negative=negative))
+        jobs = make_jobs(["a photo of a (cat:1.0)"], 1, 0, {})
+        assert needs_compel(pipe, [jobs[0].prompt], negative, call.prompt_syntax)
+        made = run_batch(pipe, jobs, call)[0].image
+        generator = torch.Generator("cpu").manual_seed(jobs[0].seed)
+        plain = pipe("a photo of a cat", negative_prompt=negative, num_inference_steps=2, generator=generator).images[0]
+        assert np.abs(np.asarray(made, dtype=int) - np.asarray(plain, dtype=int)).max() <= 2, (shape, negative)

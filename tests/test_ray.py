@@ -217,3 +217,36 @@ def test_cluster_addresses_and_the_environment(monkeypatch, tiny_model: str) -> 
         nbdist.generate(tiny_model, ["a dog"], cluster="auto", offload="model")
     with pytest.raises(NbdistUsageError, match="port 70000 is not a TCP port"):
         nbdist.generate(tiny_model, ["a dog"], cluster="h:70000")
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_flux_loaded_by_the_actors_alone_gets_its_size_steps_and_previews(cluster, tmp_path) -> None:
+    """A model id on the cluster: the kernel loads nothing, and still knows each image's size and steps.
+
+    They come from the model's config files (``model_files.py``). Before, the kernel's call settings had
+    no size and one step: every Flux image failed in its first preview (``_unpack_latents`` of a None
+    height), the progress read "k/1" and the manifest recorded steps and guidance as None.
+    """
+    import json
+
+    import torch
+
+    from nbdist.pipelines import load_pipeline
+    from nbdist.tiny_families import ensure_family
+
+    folder, out = str(ensure_family("flux")), tmp_path / "out"
+    previews: list[tuple[int, int]] = []
+    result = nbdist.generate(
+        folder, PROMPTS[:2], cluster=cluster[0].address, seed=0, save_dir=str(out),
+        on_preview=lambda index, step, image: previews.append((index, step)),
+    )  # fmt: skip
+    assert [r.ok for r in result] == [True, True], result.worker_failures
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert {(m["steps"], m["guidance"], m["height"], m["width"]) for m in lines} == {(28, 3.5, 128, 128)}
+    assert {index for index, _ in previews} == {0, 1} and max(step for _, step in previews) == 28
+    pipe = load_pipeline(folder, "float32")
+    pipe.set_progress_bar_config(disable=True)
+    for record in result:
+        plain = pipe(record.prompt, generator=torch.Generator("cpu").manual_seed(record.seed)).images[0]
+        assert max_diff(record.image, plain) <= 2, record.index

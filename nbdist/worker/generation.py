@@ -14,6 +14,7 @@ from typing import Any
 from ..call_settings import CallSettings, call_parameters
 from ..jobs import ImageJob
 from ..sweep import job_call
+from .decode_retry import retrying_decode
 from .img2img import img2img_call
 from .prompt_weights import needs_compel, prompt_embeddings
 from .variations import blended_latents
@@ -117,7 +118,8 @@ def run_batch(
         if needs_compel(pipe, prompts, negative, call.prompt_syntax):  # (word:1.3) or past 77 tokens
             kwargs.pop("negative_prompt", None)
             text = prompt_embeddings(pipe, prompts, negative)
-        out = target(generator=generators, output_type="pt", **text, **kwargs)
+        with retrying_decode(target):  # a decode out of memory: again one image at a time, no second denoise
+            out = target(generator=generators, output_type="pt", **text, **kwargs)
     return to_images(out, len(jobs))
 
 

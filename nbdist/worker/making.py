@@ -7,7 +7,6 @@ A cancelled run stops within one denoising step, and the image that was being ma
 
 from __future__ import annotations
 
-import gc
 import re
 import time
 import traceback
@@ -19,6 +18,8 @@ from ..call_settings import CallSettings
 from ..jobs import ImageJob
 from ..loras import active_loras
 from ..messages import ImageFailed, StepProgress
+from .decode_retry import IN_DECODE
+from .freeing import free_memory, let_go
 from .generation import Made, RunCancelled, run_batch
 from .outbox import Outbox
 
@@ -95,12 +96,13 @@ def _run_and_send(
     start = time.perf_counter()
     outcome = _attempt(worker, batch, call, outbox, should_stop)
     if isinstance(outcome, _Failure):
-        _free_memory(device)
-        if len(batch) > 1:
+        free_memory(device)
+        if len(batch) > 1 and outcome.retry:
             for job in batch:
                 _run_and_send(worker, [job], call, outbox, should_stop)
             return
-        outbox.send(ImageFailed(batch[0].index, rank, device, outcome.error, outcome.traceback))
+        for job in batch:
+            outbox.send(ImageFailed(job.index, rank, device, outcome.error, outcome.traceback))
         return
     seconds = (time.perf_counter() - start) / len(batch)
     for job, made in zip(batch, outcome, strict=True):
@@ -116,6 +118,7 @@ class _Failure:
 
     error: str
     traceback: str
+    retry: bool = True  # False: one image at a time would fail the same way (its decode already did)
 
 
 def _attempt(
@@ -140,8 +143,8 @@ def _attempt(
     except RunCancelled:
         raise
     except Exception as exc:
-        failure = _Failure(_describe(exc, len(batch)), traceback.format_exc())
-        _let_go(exc)
+        failure = _Failure(_describe(exc, len(batch)), traceback.format_exc(), not getattr(exc, IN_DECODE, False))
+        let_go(exc)
         return failure  # leaving the block unbinds ``exc``: nothing refers to the failed call's frames now
 
 
@@ -150,42 +153,12 @@ def _describe(exc: Exception, batch_size: int) -> str:
     import torch
 
     # torch.cuda's name for torch.OutOfMemoryError (top-level only since torch 2.5); no CUDA call is made
-    if isinstance(exc, torch.cuda.OutOfMemoryError) and batch_size == 1:
+    if isinstance(exc, torch.cuda.OutOfMemoryError) and (batch_size == 1 or getattr(exc, IN_DECODE, False)):
         asked = re.search(r"Tried to allocate ([\d.]+ \w+)", str(exc))
         tried = f" (tried to allocate {asked.group(1)})" if asked else ""
+        if getattr(exc, IN_DECODE, False):  # even one image at a time (decode_retry.py)
+            return f"{OUT_OF_MEMORY} in the VAE decode{tried}: add --vae-tiling, or lower --height/--width"
         return (
             f"{OUT_OF_MEMORY}{tried}: lower --batch-size or --height/--width, or add --offload model or --quantize nf4"
         )
     return f"{type(exc).__name__}: {exc}"
-
-
-def _let_go(exc: BaseException) -> None:
-    """Clear the locals of the failed call's frames and cut every traceback of the chain.
-
-    Unbinding ``exc`` is not always enough: a frame caught in a reference cycle (an exception kept in a
-    local, a callback holding its pipeline) would keep its tensors until the garbage collector ran. Only
-    ``exc``'s own frames are cleared: they all ended when it propagated (``_attempt``'s own, still
-    running, is skipped by ``clear_frames``), while an earlier exception in the chain may have been
-    caught by a generator that is still alive.
-    """
-    traceback.clear_frames(exc.__traceback__)
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        current = todo.pop()
-        if id(current) not in seen:
-            seen.add(id(current))
-            current.__traceback__ = None
-            todo += [e for e in (current.__cause__, current.__context__) if e is not None]
-
-
-def _free_memory(device: str) -> None:
-    """Return the failed call's memory before the retry: collect what cycles still hold, then give the
-    CUDA caching allocator's free blocks back. Never on a CPU worker (no CUDA context is made there)."""
-    gc.collect()
-    if device == "cpu":
-        return
-    import torch
-
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..call_settings import default_size
 from ..jobs import ImageJob
 from ..messages import StepPreview
 from ..preview_choice import PreviewChoice, parse_preview, published_taesd, vae_family_key
@@ -146,6 +147,7 @@ class Previews:
 
     def __init__(self) -> None:
         self._decoders: dict[tuple[int, PreviewChoice], Decode | None] = {}
+        self._off_for: Any = None  # the run (its CallSettings) whose previews failed: none more for it
 
     def decoder(self, pipe: Any, choice: PreviewChoice) -> Decode | None:
         """How this pipeline's latents become a preview; None with ``off`` or a pipeline without a VAE."""
@@ -166,14 +168,20 @@ class Previews:
     ) -> PreviewHook | None:
         """The step reporter's ``preview`` for one batch, or None when this run makes no previews."""
         decode = self.decoder(pipe, parse_preview(getattr(call, "preview", "auto")))
-        if decode is None:
+        if decode is None or self._off_for is call:
             return None
         width, height = batch[0].settings.get("size", (call.effective.get("width"), call.effective.get("height")))
+        if height is None or width is None:  # the kernel held no pipeline to read them from: this one's
+            height, width = default_size(pipe)
 
         def to_message(index: int, step: int, total: int, jpeg: bytes) -> None:
             send(StepPreview(index, rank, step, total, jpeg))
 
-        return PreviewHook(decode, to_message, [job.index for job in batch], (height, width), pipe)
+        def off(exc: Exception) -> None:
+            self._off_for = call
+            print(f"nbdist: previews off for this run: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+        return PreviewHook(decode, to_message, [job.index for job in batch], (height, width), pipe, off)
 
 
 def _taesd(vae: Any, source: str | None) -> Decode:
@@ -223,18 +231,29 @@ class PreviewHook:
         decode: Decode,
         send: Callable[[int, int, int, bytes], None],
         indices: Sequence[int],
-        size: tuple[int, int],
+        size: tuple[int | None, int | None],
         pipe: Any,
+        off: Callable[[Exception], None] | None = None,
     ) -> None:
         self._decode, self._send, self._indices = decode, send, tuple(indices)
-        self._size, self._pipe = size, pipe
+        self._size, self._pipe, self._off = size, pipe, off
         self._last = time.monotonic()
+        self._failed = False
 
     def __call__(self, done: int, total: int, latents: Any) -> None:
+        """Draw the latents when a preview is due; one that fails turns previews off, never fails the image."""
         now = time.monotonic()
-        if latents is None or not (done % EVERY == 0 or done == total or now - self._last >= INTERVAL):
+        if self._failed or latents is None or not (done % EVERY == 0 or done == total or now - self._last >= INTERVAL):
             return
         self._last = now
+        try:
+            self._draw(done, total, latents)
+        except Exception as exc:  # a preview is a nicety: the denoising goes on without it
+            self._failed = True
+            if self._off is not None:
+                self._off(exc)
+
+    def _draw(self, done: int, total: int, latents: Any) -> None:
         if latents.ndim == 3 and hasattr(self._pipe, "_unpack_latents"):  # Flux packs 2x2 patches into tokens
             height, width = self._size
             latents = self._pipe._unpack_latents(latents, height, width, self._pipe.vae_scale_factor)

@@ -116,6 +116,16 @@ def working(pixels: int, batch: int, vae_tiling: bool) -> tuple[int, int]:
     return int(DENOISE_WORKING * scale), int(DECODE_WORKING * decode_pixels / _ONE_MEGAPIXEL * batch)
 
 
+def model_working(model: ModelSize, setting: Setting, pixels: int, batch: int) -> tuple[int, int]:
+    """``working`` for this model: an SDXL-family VAE run in float16 decodes in float32 (diffusers upcasts
+    it for the decode: ``force_upcast``), so its decode holds twice the activations and a float32 copy
+    of the VAE's weights, one more time their float16 size."""
+    denoise, decode = working(pixels, batch, setting.vae_tiling)
+    if model.vae_upcast and model.dtype == "float16":
+        decode = 2 * decode + model.sizes(setting.quantize).get("vae", 0)
+    return denoise, decode
+
+
 def gpu_need(model: ModelSize, setting: Setting, pixels: int, batch: int) -> int:
     """One worker's peak GPU bytes with ``setting``.
 
@@ -124,7 +134,7 @@ def gpu_need(model: ModelSize, setting: Setting, pixels: int, batch: int) -> int
     ``--offload sequential`` holds about one layer.
     """
     sizes = model.sizes(setting.quantize)
-    denoise, decode = working(pixels, batch, setting.vae_tiling)
+    denoise, decode = model_working(model, setting, pixels, batch)
     if not sizes:
         return CUDA_CONTEXT + max(denoise, decode)
     if setting.offload == "sequential":
@@ -154,7 +164,7 @@ def _device_map_shortfall(model: ModelSize, setting: Setting, machine: Machine, 
         return None  # accelerate may spill to the host: nothing sure to refuse
     caps = [min(free, limits.get(i, free)) if not limits or i in limits else 0 for i, free in enumerate(machine.gpus)]
     sizes = model.sizes(setting.quantize)
-    denoise, decode = working(pixels, batch, setting.vae_tiling)
+    denoise, decode = model_working(model, setting, pixels, batch)
     used = [c for c in caps if c > 0]
     total = sum(sizes.values()) + max(denoise, decode) + CUDA_CONTEXT * len(used)
     if total > sum(used):

@@ -63,6 +63,7 @@ class ModelSize:
     side: int = 1024
     source: str = "files"
     in_kernel: bool = False  # the kernel already holds it: loading costs no more host memory
+    vae_upcast: bool = False  # run in float16, its pipeline decodes in float32 (SDXL's VAE ``force_upcast``)
 
     @property
     def total(self) -> int:
@@ -165,7 +166,30 @@ def from_folder(
             continue
         nbytes = sum(safetensors_bytes(f, dtype) if f.suffix == ".safetensors" else f.stat().st_size for f in files)
         parts.append(Component(part, nbytes, cls))
-    return ModelSize(name, tuple(parts), dtype, _default_side(folder), "files")
+    upcast = upcasts(_class_name(folder), _force_upcast(folder))
+    return ModelSize(name, tuple(parts), dtype, _default_side(folder), "files", vae_upcast=upcast)
+
+
+def upcasts(pipeline_class: str, force_upcast: bool) -> bool:
+    """Whether this pipeline decodes a float16 VAE in float32: the SDXL family's pipelines do, when the
+    VAE's config says ``force_upcast`` (SDXL's own VAE; not madebyollin's fp16-fix)."""
+    xl = "XL" in pipeline_class or pipeline_class.startswith("Kolors")
+    return force_upcast and (xl or pipeline_class == "StableDiffusionUpscalePipeline")
+
+
+def _class_name(folder: Path) -> str:
+    try:
+        return str(json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _force_upcast(folder: Path) -> bool:
+    """The VAE config's ``force_upcast`` (``AutoencoderKL``'s default, True, where the key is missing)."""
+    try:
+        return bool(json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8")).get("force_upcast", True))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def from_pipeline(pipe: Any, name: str, dtype: str) -> ModelSize:
@@ -178,7 +202,9 @@ def from_pipeline(pipe: Any, name: str, dtype: str) -> ModelSize:
     scale = getattr(pipe, "vae_scale_factor", 8)
     sample = getattr(getattr(getattr(pipe, "unet", None), "config", None), "sample_size", None)
     side = sample * scale if isinstance(sample, int) and isinstance(scale, int) else 1024
-    return ModelSize(name, tuple(parts), dtype, side, "loaded pipeline", in_kernel=True)
+    force = bool(getattr(getattr(getattr(pipe, "vae", None), "config", None), "force_upcast", False))
+    upcast = upcasts(type(pipe).__name__, force)
+    return ModelSize(name, tuple(parts), dtype, side, "loaded pipeline", in_kernel=True, vae_upcast=upcast)
 
 
 _CLIP_L = {"text_encoder": ("CLIPTextModel", 0.25)}
@@ -225,7 +251,7 @@ def known_model(model_id: str, dtype: str) -> ModelSize | None:
     parts = {"vae": ("AutoencoderKL", 0.17), **parts}
     per16 = _DTYPE_BYTES[dtype] / 2
     components = tuple(Component(part, int(gb * GB * per16), cls) for part, (cls, gb) in parts.items())
-    return ModelSize(name, components, dtype, side, "built-in table")
+    return ModelSize(name, components, dtype, side, "built-in table", vae_upcast=name == "SDXL")
 
 
 def _hub_snapshot(model_id: str, revision: str | None) -> Path | None:

@@ -43,7 +43,7 @@ class PoolKey:
     """What the warm workers hold; a run with another key needs new workers."""
 
     model: str
-    pipe_id: int  # id() of the pipeline object the workers copied at fork
+    pipe_id: int  # id() of a pipeline object given in Python; 0 for a model loaded by name (Plan.by_name)
     device_type: str
     dtype: str
     num_processes: int
@@ -85,6 +85,9 @@ class Plan:
     call: CallSettings
     notes: list[str]  # one line each, shown before the run (ignored settings, the dtype chosen)
     cuda_visible: str | None = None  # set in each worker right after the fork (GPUs chosen); None: inherit
+    # Loaded by name through the kernel's cache: the key's model, dtype, variant and revision say which
+    # pipeline the workers copied, so a reload of the same files (the cache dropped it) keeps them.
+    by_name: bool = False
 
     @property
     def _pool_size(self) -> int:
@@ -98,7 +101,7 @@ class Plan:
         o = self.options
         return PoolKey(
             self.name,
-            id(self.pipe),
+            0 if self.by_name else id(self.pipe),
             self.device_type,
             self.dtype,
             self._pool_size,
@@ -167,7 +170,8 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
     height, width = call.effective.get("height") or 512, call.effective.get("width") or 512
     info = RunInfo(jobs, options, name, seed, n, device_type, height, width, call)
     threads = 1 if cluster else _threads_per_worker(device_type, n)  # an actor asks Ray for one CPU
-    return Plan(pipe, name, device_type, dtype, n, threads, options, jobs, info, call, notes, cuda_visible)
+    by_name = pipe is not None and isinstance(model_or_pipe, str | os.PathLike)
+    return Plan(pipe, name, device_type, dtype, n, threads, options, jobs, info, call, notes, cuda_visible, by_name)
 
 
 def _local_gpus(options: GenerateOptions) -> GpuQuery:

@@ -87,6 +87,7 @@ class WorkerPool:
         self._group: WorkerBackend | None = None
         self._group_key: PoolKey | None = None
         self._group_print: dict[str, Any] = {}
+        self._group_pipe = 0  # id() of the pipeline object the workers copied
         self._last_key: PoolKey | None = None  # the key of the last run submitted (what the pool will hold)
         self._next_id = 0
         self._runs_done = 0
@@ -123,7 +124,8 @@ class WorkerPool:
             return None
         if plan.key != previous:
             return f"nbdist: new workers for {plan.name} ({plan.key.difference(previous)} changed)"
-        if plan.pipe is not None and self._group_key == plan.key and self._group is not None:
+        reloaded = plan.by_name and id(plan.pipe) != self._group_pipe  # the same files again: what the workers hold
+        if plan.pipe is not None and not reloaded and self._group_key == plan.key and self._group is not None:
             changed = what_changed(self._group_print, fingerprint(plan.pipe))
             if changed:
                 return f"nbdist: {plan.name} changed since its workers started ({', '.join(changed)}); new workers"
@@ -226,6 +228,7 @@ class WorkerPool:
 
     def _start_group(self, plan: Plan) -> None:
         self._group_print = fingerprint(plan.pipe) if plan.pipe is not None else {}
+        self._group_pipe = id(plan.pipe)
         self._group, self._group_key = start_backend(plan), plan.key
 
     def _route(self, msg: Message) -> None:
