@@ -23,7 +23,15 @@ from typing import Any
 from .model_files import ModelFiles, model_files
 from .options import GenerateOptions, NbdistUsageError
 
-__all__ = ["CHECKPOINTS", "CallSettings", "call_parameters", "check_params", "check_scheduler", "resolve_call"]
+__all__ = [
+    "CHECKPOINTS",
+    "CallSettings",
+    "call_parameters",
+    "check_params",
+    "check_scheduler",
+    "image_size",
+    "resolve_call",
+]
 
 # Settings from the model cards of checkpoints whose pipeline class defaults do not suit them; each
 # entry's card (its diffusers example) is named beside it.
@@ -140,6 +148,14 @@ def default_size(pipe: Any) -> tuple[int | None, int | None]:
     if isinstance(side, list | tuple):
         side = side[0]
     return (int(side) * int(scale),) * 2 if side else (None, None)  # type: ignore[return-value]
+
+
+def image_size(call: CallSettings) -> tuple[int, int]:
+    """(height, width) a run's images are recorded with: the call's, else 512 (no config says otherwise).
+
+    One rule for every launcher (the notebook's plan, the CLI under torchrun / accelerate launch).
+    """
+    return call.effective.get("height") or 512, call.effective.get("width") or 512
 
 
 def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> CallSettings:

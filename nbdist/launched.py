@@ -34,7 +34,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from .call_settings import image_size, resolve_call
 from .jobs import ImageJob, make_jobs
+from .model_files import model_files
 from .options import GenerateOptions, NbdistUsageError
 from .parent.machine.gpus import GpuQuery
 from .sweep import parse_sweep
@@ -101,7 +103,8 @@ def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: La
         raise NbdistUsageError(f"{env.launcher} started {env.local_world_size} processes here, but {gpus} GPU(s)")
     if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
         raise NbdistUsageError(f"model folder {model!r} does not exist")
-    scale = _vae_scale_factor(model)
+    files = model_files(model, options.revision)
+    scale = files.vae_scale_factor() if files is not None else None
     if scale:
         options.check_size(scale)
     dtype = _dtype(model, options, device_type, query, env)
@@ -135,25 +138,6 @@ def _dtype(model: str, options: GenerateOptions, device_type: str, query: GpuQue
     if note and env.rank == 0:
         print(note, file=sys.stderr, flush=True)
     return dtype
-
-
-def _read_config(model: str, part: str) -> dict[str, Any]:
-    try:
-        return json.loads((Path(os.path.expanduser(model)) / part / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _vae_scale_factor(model: str) -> int | None:
-    """From a local model folder's VAE config, as diffusers computes it; None when unknown."""
-    channels = _read_config(model, "vae").get("block_out_channels")
-    return 2 ** (len(channels) - 1) if isinstance(channels, list) and channels else None
-
-
-def _default_side(model: str) -> int:
-    sample = _read_config(model, "unet").get("sample_size")
-    scale = _vae_scale_factor(model)
-    return int(sample) * scale if isinstance(sample, int) and scale else 512
 
 
 def _threads(device_type: str, env: LaunchEnv) -> int:
@@ -212,8 +196,9 @@ def run_launched(model: str, prompts: Sequence[str], options: GenerateOptions, e
         seed=seed, schedule="static", sweep=parse_sweep(options.sweep) if options.sweep else {}, overwrite=False
     )
     jobs = make_jobs(prompts, opts.images_per_prompt, seed, opts.sweep)
-    side = _default_side(model)
-    info = RunInfo(jobs, opts, model, seed, env.world_size, device_type, opts.height or side, opts.width or side)
+    call = resolve_call(None, model, opts)  # the notebook's rule, from the model's config files
+    height, width = image_size(call)
+    info = RunInfo(jobs, opts, model, seed, env.world_size, device_type, height, width, call)
     if env.rank == 0:
         _say(f"{len(jobs)} image(s) of {model!r}, seed {seed}, on {env.world_size} process(es) ({env.launcher})")
     builder, writer, log = _make_share(model, info, device_type, dtype, threads, folder, env)
@@ -308,6 +293,7 @@ def _make_share(
         queue=queue.Queue(),
         pipeline=None,
         model=model,
+        call=info.call if info.call.effective.get("steps") else None,  # else each worker asks its pipeline
     )
     builder = ResultBuilder()
     writer = DiskWriter(folder, manifest=f"manifest.rank-{env.rank}.jsonl")

@@ -352,3 +352,33 @@ def test_terminal_rate_counts_from_the_first_step() -> None:
     progress.on_message(_ready(1, 0))
     last = stream.getvalue().rsplit("\r", 1)[-1]
     assert "2.00 img/s" in last, last
+
+
+PLANNED = ("prompt", "seed", "negative", "steps", "guidance", "scheduler", "height", "width", "sources")
+
+
+def test_the_same_job_through_every_launcher_is_planned_alike(tmp_path) -> None:
+    """A tiny Flux-shaped model (its defaults differ from the fallbacks: 28 steps, guidance 3.5, 128 px), two
+    prompts, two steps, seed 0, through ``nbdist.generate``, the plain CLI and the CLI under torchrun: the
+    manifests agree on every planned field. Under torchrun the manifest said ``"guidance": null``,
+    ``"scheduler": null`` and no sources (issue 28): ``launched.py`` now takes the plan's call settings."""
+    import nbdist
+    from nbdist.tiny_families import ensure_family
+
+    model = str(ensure_family("flux"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a dog\na cat\n")
+    folders = {name: tmp_path / name for name in ("generate", "cli", "torchrun")}
+    nbdist.generate(model, ["a dog", "a cat"], steps=2, seed=0, num_processes=1, save_dir=str(folders["generate"]))
+    run([sys.executable, *generate_args(model, prompts, folders["cli"], 0)], tmp_path)
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2"]
+    run([*torchrun, *generate_args(model, prompts, folders["torchrun"], 0)], tmp_path)
+
+    def planned(folder: Path) -> list[dict]:
+        lines = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+        return sorted(({k: line.get(k) for k in PLANNED} for line in lines), key=lambda e: e["seed"])
+
+    made = {name: planned(folder) for name, folder in folders.items()}
+    assert made["generate"][0]["guidance"] == 3.5 and made["generate"][0]["sources"], made["generate"][0]
+    assert made["cli"] == made["generate"]
+    assert made["torchrun"] == made["generate"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ... import warm_imports
-from ...call_settings import CallSettings, check_params, check_scheduler, resolve_call
+from ...call_settings import CallSettings, check_params, check_scheduler, image_size, resolve_call
 from ...cluster_address import cluster_from_env
 from ...jobs import ImageJob, make_jobs
 from ...loras import PROMPT_SYNTAXES, check_lora_fits, check_lora_sweep, is_lora_axis, lora_sources, parse_loras
@@ -167,7 +167,7 @@ def plan_run(model_or_pipe: Any, prompts: Sequence[str], options: GenerateOption
         options = options.with_(save_dir=str(folder))
         notes += [note] if note else []
     jobs = make_jobs(list(prompts), options.images_per_prompt, seed, options.sweep)
-    height, width = call.effective.get("height") or 512, call.effective.get("width") or 512
+    height, width = image_size(call)
     info = RunInfo(jobs, options, name, seed, n, device_type, height, width, call)
     threads = 1 if cluster else _threads_per_worker(device_type, n)  # an actor asks Ray for one CPU
     by_name = pipe is not None and isinstance(model_or_pipe, str | os.PathLike)
