@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from .arguments import add_to_parser, as_typed, options_from_args
+from .jobs import read_prompts
 from .options import NbdistUsageError
 
-__all__ = ["build_parser", "main", "read_prompts"]
+__all__ = ["build_parser", "main"]
 
 _EPILOG = """\
 examples:
@@ -78,21 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_to_parser(gen, skip=("save_dir", "save"))  # the CLI always saves, into --out
     gen.set_defaults(save=True)
     return parser
-
-
-def read_prompts(path: str | None, extra: Sequence[str] = ()) -> list[str]:
-    """Prompts of a file (``-`` = stdin) then ``--prompt`` ones: trimmed, blanks and ``#`` lines skipped."""
-    lines: list[str] = []
-    if path is not None:
-        try:
-            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise NbdistUsageError(f"--prompts {path}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise NbdistUsageError(f"--prompts {path}: not a UTF-8 text file") from None
-        lines = text.splitlines()
-    lines.extend(extra)
-    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
 
 def _plain(model: str, prompts: list[str], args: argparse.Namespace) -> int:

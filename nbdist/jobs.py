@@ -8,11 +8,34 @@ workers, the batch size or the schedule, and equal to a plain ``pipe(prompt, gen
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_VARIATION_STRENGTH", "ImageJob", "make_jobs", "variation_of"]
+from .options import NbdistUsageError
+
+__all__ = ["DEFAULT_VARIATION_STRENGTH", "ImageJob", "make_jobs", "prompt_lines", "read_prompts", "variation_of"]
+
+
+def prompt_lines(lines: Iterable[str]) -> list[str]:
+    """The one rule for prompt lists (cell bodies, prompt files, ``-p``): trimmed, blanks and ``#`` lines skipped."""
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def read_prompts(path: str | None, extra: Sequence[str] = ()) -> list[str]:
+    """Prompts of a file (``-`` = stdin) then ``extra`` (``-p`` ones): the CLI's ``--prompts`` and the magic's."""
+    lines: list[str] = []
+    if path is not None:
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise NbdistUsageError(f"--prompts {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise NbdistUsageError(f"--prompts {path}: not a UTF-8 text file") from None
+        lines = text.splitlines()
+    return prompt_lines([*lines, *extra])
 
 
 @dataclass(frozen=True)

@@ -78,12 +78,10 @@ def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: La
     """Everything checkable before the process group forms; identical on every rank. Returns (device, dtype)."""
     from .parent.machine.devices import visible_gpu_count
     from .parent.machine.gpus import query_gpus
-    from .pipelines import looks_like_path
+    from .pipelines import check_model_folder
     from .placement import check_placement
 
     options.validate(previous_run=False)  # whether DIR already holds a run: rank 0 decides for all (_agree)
-    if not prompts:
-        raise NbdistUsageError("no prompts: give --prompts FILE (one prompt per line) or --prompt TEXT")
     if options.schedule not in (None, "static"):
         raise NbdistUsageError(
             f"--schedule dynamic needs workers forked by nbdist; under {env.launcher} the split is static"
@@ -101,8 +99,7 @@ def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: La
     device_type = "cpu" if options.device == "cpu" or gpus == 0 else "cuda"
     if device_type == "cuda" and env.local_world_size > gpus:
         raise NbdistUsageError(f"{env.launcher} started {env.local_world_size} processes here, but {gpus} GPU(s)")
-    if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
-        raise NbdistUsageError(f"model folder {model!r} does not exist")
+    check_model_folder(model)
     files = model_files(model, options.revision)
     scale = files.vae_scale_factor() if files is not None else None
     if scale:

@@ -23,6 +23,7 @@ __all__ = [
     "DEMO_NAME",
     "cache_size",
     "cached_pipeline",
+    "check_model_folder",
     "clear_cache",
     "load_pipeline",
     "locate",
@@ -93,6 +94,12 @@ def looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1 or (os.sep != "/" and os.sep in model)
 
 
+def check_model_folder(model: str) -> None:
+    """A model named as a folder (``looks_like_path``) must exist: the one check every launcher makes first."""
+    if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
+        raise NbdistUsageError(f"model folder {model!r} does not exist")
+
+
 def load_pipeline(
     model: str,
     dtype: str,
@@ -110,9 +117,8 @@ def load_pipeline(
     folder and a hub id that cannot be had (gated, unknown, offline, ...) become a one-line
     ``NbdistUsageError`` naming the cause and the fix, not a page of ``huggingface_hub`` traceback.
     """
+    check_model_folder(model)
     expanded = os.path.expanduser(model)
-    if looks_like_path(model) and not os.path.isdir(expanded):
-        raise NbdistUsageError(f"model folder {model!r} does not exist")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warm_imports.wait(import_here=phases.listening())  # a run's loads say "importing torch…" while it lasts
     with quiet_libraries():
@@ -148,10 +154,9 @@ def locate(model: str, *, allow_pickle: bool = False, variant: str | None = None
     be had (a typo, offline, gated) is refused while the loaded model, and the warm workers that copied
     it, stay as they were. The same short errors as ``load_pipeline``; loads no weights.
     """
+    check_model_folder(model)
     expanded = os.path.expanduser(model)
     local = os.path.isdir(expanded)
-    if looks_like_path(model) and not local:
-        raise NbdistUsageError(f"model folder {model!r} does not exist")
     warm_imports.wait(import_here=phases.listening())
     with quiet_libraries():
         from diffusers import DiffusionPipeline

@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..jobs import prompt_lines, read_prompts
 from ..options import NbdistUsageError
 
 __all__ = ["expand", "parse_prompts", "prompts_from_namespace"]
@@ -26,16 +27,8 @@ def expand(line: str, namespace: Mapping[str, Any]) -> str:
 
 
 def parse_prompts(cell: str, namespace: Mapping[str, Any]) -> list[str]:
-    """Prompts of a cell body, in order. Whitespace is trimmed; ``#`` lines and blank lines are skipped."""
-    prompts = []
-    for raw in cell.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = expand(line, namespace).strip()
-        if line:
-            prompts.append(line)
-    return prompts
+    """Prompts of a cell body, in order, by the rule of prompt files (``jobs.prompt_lines``), then expanded."""
+    return prompt_lines(expand(line, namespace) for line in prompt_lines(cell.splitlines()))
 
 
 def prompts_from_namespace(name: str, namespace: Mapping[str, Any]) -> list[str]:
@@ -46,8 +39,6 @@ def prompts_from_namespace(name: str, namespace: Mapping[str, Any]) -> list[str]
     """
     if name not in namespace:
         if os.path.isfile(os.path.expanduser(name)):
-            from ..cli import read_prompts
-
             return read_prompts(os.path.expanduser(name))
         raise NbdistUsageError(
             f"--prompts {name}: no variable named {name!r} and no file {name!r}; "

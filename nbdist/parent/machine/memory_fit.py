@@ -281,11 +281,10 @@ def check_memory_options(model_or_pipe: Any, options: GenerateOptions, device_ty
             raise NbdistUsageError(f"{flag} needs a GPU, and this run is on the CPU (no GPU visible): drop {flag}")
     if options.quantize is None:
         return
-    from ...pipelines import looks_like_path
+    from ...pipelines import check_model_folder
 
-    model = os.fspath(model_or_pipe) if isinstance(model_or_pipe, str | os.PathLike) else None
-    if model is not None and looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
-        raise NbdistUsageError(f"model folder {model!r} does not exist")
+    if isinstance(model_or_pipe, str | os.PathLike):
+        check_model_folder(os.fspath(model_or_pipe))
     module, package = QUANTIZE_BACKENDS[options.quantize]
     if PathFinder.find_spec(module) is None:
         raise NbdistUsageError(

@@ -369,11 +369,10 @@ def _plan_device_map(
             "--device-map balanced loads the model itself with from_pretrained: give --model ID_OR_PATH, "
             "not a pipeline that is already loaded"
         )
-    from ...pipelines import looks_like_path
+    from ...pipelines import check_model_folder
 
     model = os.fspath(model_or_pipe)
-    if looks_like_path(model) and not os.path.isdir(os.path.expanduser(model)):
-        raise NbdistUsageError(f"model folder {model!r} does not exist")
+    check_model_folder(model)
     dtype, note = _dtype(model, options, "cuda", gpus)  # the model spreads over every visible GPU
     notes += [note] if note else []
     return None, model, "cuda", dtype, 1
