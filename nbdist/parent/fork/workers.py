@@ -207,6 +207,8 @@ class WorkerGroup:
 
     def kill(self) -> list[int]:
         """SIGINT, SIGTERM, SIGKILL (``STOP_SCHEDULE``) to every worker; waits for the launcher to return."""
+        if self.thread is None:  # never launched: nothing forked (and every child since ``_before`` is not ours)
+            return []
         procs = self._processes or workers_since(self._before)
         leftover = stop_workers(procs)
         if self.thread is not None:

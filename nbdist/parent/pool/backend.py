@@ -8,6 +8,7 @@ messages of ``nbdist/messages.py``, so a run looks the same wherever its images 
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Protocol
 
 from ...messages import Message, RunCommand, WorkerStarted
@@ -118,5 +119,12 @@ def start_backend(plan: Plan) -> WorkerBackend:
             plan.options,
             cuda_visible=plan.cuda_visible,
         )
-    group.start()
+    try:
+        group.start()
+    except BaseException:  # half started: give back what it holds (forks, store, placement group) first
+        with contextlib.suppress(Exception):
+            group.kill()
+        with contextlib.suppress(Exception):
+            group.close()
+        raise
     return group
