@@ -8,6 +8,7 @@ and ``NBDIST_SKIP_RAY=1`` makes that script leave them out.
 
 from __future__ import annotations
 
+import _thread
 import os
 import socket
 import subprocess
@@ -67,6 +68,7 @@ def run(cluster, tiny_model: str):
         kw = {"seed": 0, "steps": STEPS, **kw}  # -n: one actor per CPU of the cluster
         return nbdist.generate(tiny_model, prompts, cluster=cluster[0].address, **kw)
 
+    on_cluster.address = cluster[0].address
     return on_cluster
 
 
@@ -109,6 +111,102 @@ def test_stop_keeps_the_actors(run) -> None:
     assert result.interrupted and 1 <= len([r for r in result if r.ok]) < len(PROMPTS) * 4
     assert not result.worker_failures and nbdist.status().pids == before
     assert [r.ok for r in run(PROMPTS[:1])] == [True]
+
+
+class _InterruptOnFirstImage:
+    """An observer that sends the waiting main thread a KeyboardInterrupt (Ctrl-C) when an image arrives."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def on_start(self, run) -> None:
+        pass
+
+    def on_message(self, msg) -> None:
+        from nbdist.messages import ImageReady
+
+        if self.at is None and isinstance(msg, ImageReady):
+            self.at = time.monotonic()
+            _thread.interrupt_main()
+
+    def on_end(self, result) -> None:
+        pass
+
+
+def _inject(monkeypatch, method: str) -> list[float]:
+    """``RayActorGroup.method`` raises once (then is itself again); returns when it did."""
+    from nbdist.parent.ray.actors import RayActorGroup
+
+    real, failed = getattr(RayActorGroup, method), []
+
+    def broken(self, *args, **kwargs):
+        monkeypatch.setattr(RayActorGroup, method, real)
+        failed.append(time.monotonic())
+        raise RuntimeError(f"injected failure in {method}")
+
+    monkeypatch.setattr(RayActorGroup, method, broken)
+    return failed
+
+
+def _fails_in_one_line(result, method: str, failed: list[float], bound: float = 5.0) -> float:
+    ended = time.monotonic()
+    assert failed and ended - failed[0] < bound, f"{method}: ended {ended - failed[0]:.2f} s after the failure"
+    lines = [f.error for f in result.worker_failures]
+    assert len(lines) == 1 and f"RuntimeError: injected failure in {method}" in lines[0], lines
+    assert "\n" not in lines[0]
+    return ended - failed[0]
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_a_failure_at_each_step_ends_the_run_in_one_line_and_the_next_works(run, monkeypatch) -> None:
+    """Each step of the ``WorkerBackend`` raising once: the call returns within 5 s (1 s of a Ctrl-C), and
+    the next call gives every image. One chain on one actor, so that each failure's next call starts the
+    actor the following failure meets (each failure costs the actors: starting them is the slow part)."""
+    took: dict[str, float] = {}
+
+    def whole() -> None:
+        after = run(PROMPTS[:3], num_processes=1)
+        assert [r.index for r in after if r.ok] == [0, 1, 2] and not after.worker_failures
+
+    whole()
+    for method in ("run", "receive"):
+        failed = _inject(monkeypatch, method)
+        took[method] = _fails_in_one_line(run(PROMPTS, num_processes=1), method, failed)
+        whole()
+    failed, interrupt = _inject(monkeypatch, "cancel"), _InterruptOnFirstImage()
+    result = run(PROMPTS, num_processes=1, observers=[interrupt], steps=6)
+    took["cancel"] = _fails_in_one_line(result, "cancel", failed)
+    assert interrupt.at is not None and time.monotonic() - interrupt.at < 1.0
+    whole()
+    failed = _inject(monkeypatch, "stop")  # -n 2: the warm actors are stopped, and killed instead
+    result = run(PROMPTS, num_processes=2)
+    took["stop"] = _fails_in_one_line(result, "stop", failed, bound=120.0)  # new actors make every image
+    assert result.complete
+    failed = _inject(monkeypatch, "start")  # -n 1: new actors again
+    took["start"] = _fails_in_one_line(run(PROMPTS, num_processes=1), "start", failed)
+    whole()
+    print("Ray: the call returned after the failure: " + ", ".join(f"{k} {v:.2f} s" for k, v in took.items()))
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_a_pipe_ray_cannot_pickle_ends_the_run_in_one_line(run, tiny_pipe) -> None:
+    """``ray.put`` of a pipeline holding a lock fails: said in one line, and the next cell works."""
+    import threading
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**tiny_pipe.components)
+    pipe.lock = threading.Lock()
+    started = time.monotonic()
+    result = nbdist.generate(pipe, PROMPTS[:2], cluster=run.address, seed=0, steps=STEPS)
+    assert time.monotonic() - started < 5.0
+    lines = [f.error for f in result.worker_failures]
+    assert len(lines) == 1 and lines[0].startswith("starting the workers failed: ") and "\n" not in lines[0], lines
+    assert "cannot be sent to the cluster's nodes (TypeError: cannot pickle '_thread.lock' object)" in lines[0]
+    assert len(result.missing) == 2
+    assert [r.ok for r in run(PROMPTS[:2])] == [True, True]
 
 
 @pytest.mark.ray

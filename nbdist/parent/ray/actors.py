@@ -101,7 +101,7 @@ class RayActorGroup:
         bundle = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
         self._placement = placement_group([bundle] * plan.num_processes, strategy="SPREAD")
         setup = WorkerSetup(plan.device_type, plan.dtype, plan.threads, "", None, plan.options, model=plan.name)
-        pipeline = ray.put(plan.pipe) if plan.pipe is not None else None  # shipped once, to every node that needs it
+        pipeline = _put_pipeline(plan.pipe) if plan.pipe is not None else None  # once, to every node that needs it
         actor_class = ray.remote(concurrency_groups={WORK: 1, CONTROL: 1})(GenerationActor)
         for rank in range(plan.num_processes):
             actor = actor_class.options(
@@ -327,6 +327,23 @@ def _what_was_lost(rank: int, hello: WorkerStarted | None, exc: BaseException) -
     if node and alive:
         return f"worker {rank} died on node {node[:8]} ({first_line(exc)})"
     return f"node {node[:8] or '?'} lost (worker {rank})"
+
+
+def _put_pipeline(pipe: Any) -> Any:
+    """``ray.put`` of a pipeline object; one that cannot be pickled (it holds a lock, a file, a CUDA stream) is
+    said by what Ray could not pickle, not by Ray's first line (which starts the pipeline's whole repr)."""
+    import ray
+
+    try:
+        return ray.put(pipe)
+    except Exception as exc:
+        cause: BaseException = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        why = f"{type(cause).__name__}: {first_line(cause)}"
+        raise TypeError(
+            f"{type(pipe).__name__} cannot be sent to the cluster's nodes ({why}); give the model id or folder instead"
+        ) from exc
 
 
 def _init_files(call: Any) -> dict[str, bytes]:
