@@ -49,8 +49,8 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
         ("--cluster",),
         {
             "metavar": "ADDRESS",
-            "help": "run on a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $NBDIST_CLUSTER, else this "
-            "machine); one actor per GPU of the cluster (on CPUs, -n actors), each loading the model itself",
+            "help": "run on a Ray cluster: auto (on a node of it) or HOST:PORT of its head (default: $NBDIST_CLUSTER, "
+            "else this machine); one actor per GPU of the cluster (on CPUs, -n actors), each loading the model itself",
         },
     ),
     Argument(("--device",), {"choices": DEVICES, "default": "auto", "help": "where workers run (default: GPU if any)"}),
