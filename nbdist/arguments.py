@@ -53,6 +53,16 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
             "else this machine); one actor per GPU of the cluster (on CPUs, -n actors), each loading the model itself",
         },
     ),
+    Argument(
+        ("--cluster-wait",),
+        {
+            "type": float,
+            "default": 60.0,
+            "metavar": "SECONDS",
+            "help": "with --cluster: how long to wait for busy GPUs/CPUs to free before the run is refused "
+            "(default: 60)",
+        },
+    ),
     Argument(("--device",), {"choices": DEVICES, "default": "auto", "help": "where workers run (default: GPU if any)"}),
     Argument(
         ("--device-map",),

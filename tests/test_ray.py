@@ -230,6 +230,59 @@ def test_a_node_removed_mid_run_loses_no_finished_image(cluster, run) -> None:
     assert [r.ok for r in after] == [True, True] and len(after.workers) == 2 and lost not in {r.node for r in after}
 
 
+class _Phases:
+    """An observer that keeps the phases a run reports before its workers speak ("waiting for ...")."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def on_start(self, run) -> None:
+        pass
+
+    def on_message(self, msg) -> None:
+        pass
+
+    def on_phase(self, text: str) -> None:
+        self.said.append(text)
+
+    def on_end(self, result) -> None:
+        pass
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_a_busy_cluster_is_sized_from_what_is_free_and_waited_on_for_a_bound(run) -> None:
+    """Another job holds a CPU: without -n the run takes the CPUs left; with more it waits, saying so, and is
+    refused after --cluster-wait naming what was free."""
+    import ray
+
+    class Holder:  # another job's actor holding one CPU (defined here: Ray sends it by value)
+        def ping(self) -> int:
+            return 1
+
+    nbdist.shutdown()  # this kernel's own actors hold nothing now
+    holder = ray.remote(num_cpus=1)(Holder).remote()
+    try:
+        ray.get(holder.ping.remote(), timeout=60)
+        free = int(ray.available_resources().get("CPU", 0))
+        assert free >= 1
+        result = run(PROMPTS[:3])
+        assert result.complete and result.num_processes == free and len(result.workers) == free
+        waiting = _Phases()
+        started = time.monotonic()
+        refused = run(PROMPTS[:3], num_processes=free + 1, cluster_wait=1.5, observers=[waiting])
+        took = time.monotonic() - started
+        lines = [f.error for f in refused.worker_failures]
+        assert len(lines) == 1 and f"{free + 1} CPU(s) asked, {free} free after 1.5 s" in lines[0], lines
+        assert f"ask for at most {free} with -n" in lines[0] and "\n" not in lines[0]
+        assert f"waiting for {free + 1} CPUs on the cluster, {free} free" in waiting.said, waiting.said
+        assert took < 1.5 + 5.0 and len(refused.missing) == 3
+        print(f"busy cluster: refused {took:.2f} s after the call (--cluster-wait 1.5)")
+    finally:
+        ray.kill(holder)
+    assert [r.ok for r in run(PROMPTS[:1])] == [True]  # the next run without -n takes every CPU again
+
+
 @pytest.mark.ray
 @needs_namespace
 def test_refine_on_the_cluster_reads_its_init_on_the_actors_nodes(run, forked, tiny_pipe) -> None:

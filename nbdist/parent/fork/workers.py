@@ -124,6 +124,9 @@ class WorkerGroup:
         """
         return self.alive and all(proc.is_alive() for proc in self._processes)
 
+    def waiting(self) -> str | None:
+        return None  # forks start at once
+
     @property
     def pids(self) -> list[int]:
         return [self.ready[r].pid for r in sorted(self.ready)]

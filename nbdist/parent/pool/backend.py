@@ -61,6 +61,10 @@ class WorkerBackend(Protocol):
         """A run may be handed to this group now."""
         ...
 
+    def waiting(self) -> str | None:
+        """What the workers wait for before they can even start (a busy cluster), in a few words; else None."""
+        ...
+
     @property
     def pids(self) -> list[int]:
         """The workers' process ids, by rank."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import traceback
 
+from ...errors import NbdistUsageError
 from ..results.result import WorkerFailure
 
 __all__ = ["IDLE", "failure", "one_line"]
@@ -24,5 +25,7 @@ def one_line(exc: BaseException) -> str:
 
 def failure(stage: str, exc: BaseException) -> WorkerFailure:
     """The run's record of the failure: ``stage failed: Error: text``, with the traceback kept."""
+    if isinstance(exc, NbdistUsageError):  # a refusal found late (a busy cluster): its line says it all
+        return WorkerFailure(-1, str(exc))
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return WorkerFailure(-1, f"{stage} failed: {one_line(exc)}", text)

@@ -40,6 +40,7 @@ class Run:
         self.finished_ranks: set[int] = set()
         self.cancel_requested_at: float | None = None
         self.cancel_sent = False  # the pool thread has told the workers
+        self.waiting_said: str | None = None  # what the workers wait for, last told to the observers
         self.notes: list[str] = []  # lines about the pool's own trouble on this run's way (said at its end)
         self.fresh_group = False  # the pipeline changed since the workers started: they must be replaced
         self.started_at: float | None = None

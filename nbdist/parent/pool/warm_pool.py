@@ -194,7 +194,16 @@ class WorkerPool:
         if msg is not None:
             self._route(msg)
         if self._current is not None:
+            self._show_waiting()
             self._current.fanout.tick()
+
+    def _show_waiting(self) -> None:
+        """A busy cluster's "waiting for 3 CPUs, 1 free" in the run's header, each time it changes."""
+        run, group = self._current, self._group
+        text = group.waiting() if group is not None and run is not None else None
+        if run is not None and text is not None and text != run.waiting_said:
+            run.waiting_said = text
+            run.fanout.phase(text)
 
     def _next_message(self) -> Message | None:
         group = self._group
