@@ -192,7 +192,7 @@ def test_a_failure_at_each_step_ends_the_run_in_one_line_and_the_next_works(run,
 @pytest.mark.ray
 @needs_namespace
 def test_a_pipe_ray_cannot_pickle_ends_the_run_in_one_line(run, tiny_pipe) -> None:
-    """``ray.put`` of a pipeline holding a lock fails: said in one line, and the next cell works."""
+    """``ray.put`` of a pipeline holding a lock fails: said in one line, naming what Ray could not pickle."""
     import threading
 
     from diffusers import StableDiffusionPipeline
@@ -205,8 +205,7 @@ def test_a_pipe_ray_cannot_pickle_ends_the_run_in_one_line(run, tiny_pipe) -> No
     lines = [f.error for f in result.worker_failures]
     assert len(lines) == 1 and lines[0].startswith("starting the workers failed: ") and "\n" not in lines[0], lines
     assert "cannot be sent to the cluster's nodes (TypeError: cannot pickle '_thread.lock' object)" in lines[0]
-    assert len(result.missing) == 2
-    assert [r.ok for r in run(PROMPTS[:2])] == [True, True]
+    assert len(result.missing) == 2  # the next run working after a failure: the chain test above
 
 
 @pytest.mark.ray
