@@ -305,6 +305,35 @@ def test_refine_on_the_cluster_reads_its_init_on_the_actors_nodes(run, forked, t
 
 @pytest.mark.ray
 @needs_namespace
+def test_dtype_rule_reads_the_gpu_kinds_the_nodes_name(cluster, tmp_path) -> None:
+    """Flux gets bfloat16 only where every GPU kind on the cluster computes it, as on one machine: nodes that
+    say ``accelerator_type:L4`` (8.9) and then also ``T4`` (7.5). Plans only: nothing runs on these GPUs."""
+    import json
+
+    from nbdist.options import GenerateOptions
+    from nbdist.parent.planning.plan import plan_run
+
+    started, _ = cluster
+    flux = tmp_path / "flux"
+    flux.mkdir()
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    options = GenerateOptions(cluster=started.address, device="cuda", num_processes=1, save=False)
+    added = [started.add_node(num_cpus=0, num_gpus=1, resources={"accelerator_type:L4": 1})]
+    try:
+        started.wait_for_nodes()
+        plan = plan_run(str(flux), ["a dog"], options)
+        assert plan.dtype == "bfloat16" and not plan.notes, plan.notes
+        added.append(started.add_node(num_cpus=0, num_gpus=1, resources={"accelerator_type:T4": 1}))
+        started.wait_for_nodes()
+        plan = plan_run(str(flux), ["a dog"], options)
+        assert plan.dtype == "float16" and any("T4, compute capability 7.5, lacks bfloat16" in n for n in plan.notes)
+    finally:
+        for node in added:
+            started.remove_node(node)
+
+
+@pytest.mark.ray
+@needs_namespace
 def test_shutdown_leaves_no_actor(run) -> None:
     from ray._private import state
 

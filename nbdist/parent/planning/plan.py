@@ -326,7 +326,7 @@ def _plan_cluster(model_or_pipe: Any, options: GenerateOptions, notes: list[str]
     n = options.num_processes or max(1, min(free, slots))  # what other jobs leave: a busy cluster is not waited on
     if n > slots:
         raise NbdistUsageError(f"-n {n}: the cluster at {options.cluster} has {slots} {unit}(s) in all, one actor each")
-    dtype, note = _dtype(model_or_pipe, options, device_type, GpuQuery())
+    dtype, note = _dtype(model_or_pipe, options, device_type, facts.kinds)  # the kinds its nodes name
     notes += [note] if note else []
     if not isinstance(model_or_pipe, str | os.PathLike):
         pipe, name = _pipeline(model_or_pipe, dtype, options)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...cluster_address import host_port
 from ...errors import NbdistUsageError
+from ..machine.gpus import GpuQuery
+from .gpu_kinds import cluster_gpus
 
 __all__ = ["ClusterFacts", "connect", "first_line", "free", "hold", "leave"]
 
@@ -36,6 +38,7 @@ class ClusterFacts:
     nodes: int
     free_gpus: int = 0
     free_cpus: int = 0
+    kinds: GpuQuery = field(default_factory=GpuQuery)  # the GPU kinds its nodes name, for the dtype rule
 
 
 def connect(address: str) -> ClusterFacts:
@@ -59,7 +62,8 @@ def connect(address: str) -> ClusterFacts:
     resources = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     total = (int(resources.get("GPU", 0)), int(resources.get("CPU", 0)))
-    return ClusterFacts(address, *total, nodes, free("GPU") + _held.get("GPU", 0), free("CPU") + _held.get("CPU", 0))
+    free_gpus, free_cpus = free("GPU") + _held.get("GPU", 0), free("CPU") + _held.get("CPU", 0)
+    return ClusterFacts(address, *total, nodes, free_gpus, free_cpus, cluster_gpus(resources))
 
 
 def free(unit: str) -> int:
