@@ -7,8 +7,11 @@ pipeline object, dtype, device, ``-n``) reuse them: no fork, no placement, no re
 another key, or a ``--pipe`` object changed since the fork (``fingerprint.py``), gets a new group.
 
 One thread per kernel (``nbdist-pool``) does all the pool's work: it dispatches queued runs, reads the
-workers' queue, feeds the current run's observers, notices dead workers and idle time. Callers only
-queue runs, cancel them and wait on them, so nothing here races.
+workers' queue, feeds the current run's observers, notices dead workers and idle time, and tells the
+workers of a cancel. Callers only queue runs, mark them cancelled and wait on them, so nothing here
+races, and a backend call never runs (nor fails, nor blocks) in the notebook's thread. An exception in
+that thread ends the current run with one line naming the step (``failures.py``) and drops the
+workers; the thread goes on, so the next run starts a new group.
 
 Cancel (the stop button, ``RunHandle.cancel``): the group's shared cancel counter is raised; every
 worker sees it after its current denoising step (or when its VAE decode returns), drops the image it
@@ -243,6 +246,7 @@ class WorkerPool:
                 run.done.set()
         else:
             print(f"nbdist: {said.error}; the workers were stopped", file=sys.stderr)
+            self._wake.wait(0.25)  # a failure that repeats while idle must not spin the thread
         if group is not None:
             with contextlib.suppress(Exception):
                 group.kill()
