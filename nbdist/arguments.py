@@ -49,8 +49,18 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
         ("--cluster",),
         {
             "metavar": "ADDRESS",
-            "help": "run on a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: $NBDIST_CLUSTER, else this "
-            "machine); one actor per GPU of the cluster (on CPUs, -n actors), each loading the model itself",
+            "help": "run on a Ray cluster: auto (on a node of it) or HOST:PORT of its head (default: $NBDIST_CLUSTER, "
+            "else this machine); one actor per GPU of the cluster (on CPUs, -n actors), each loading the model itself",
+        },
+    ),
+    Argument(
+        ("--cluster-wait",),
+        {
+            "type": float,
+            "default": 60.0,
+            "metavar": "SECONDS",
+            "help": "with --cluster: how long to wait for busy GPUs/CPUs to free before the run is refused "
+            "(default: 60)",
         },
     ),
     Argument(("--device",), {"choices": DEVICES, "default": "auto", "help": "where workers run (default: GPU if any)"}),

@@ -81,6 +81,7 @@ def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: La
     from .pipelines import check_model_folder
     from .placement import check_placement
 
+    _refuse_cluster(options, env)
     options.validate(previous_run=False)  # whether DIR already holds a run: rank 0 decides for all (_agree)
     if options.schedule not in (None, "static"):
         raise NbdistUsageError(
@@ -107,6 +108,19 @@ def _check(model: str, prompts: Sequence[str], options: GenerateOptions, env: La
     dtype = _dtype(model, options, device_type, query, env)
     _check_memory(model, options, device_type, dtype, query, env)
     return device_type, dtype
+
+
+def _refuse_cluster(options: GenerateOptions, env: LaunchEnv) -> None:
+    """``--cluster`` (or ``NBDIST_CLUSTER``) under a launcher: Ray actors are started by one driver, while the
+    launcher has already started this job's processes; silently making the images here would ignore it."""
+    from .cluster_address import cluster_from_env
+
+    cluster = cluster_from_env(options.cluster)
+    if cluster is not None:
+        raise NbdistUsageError(
+            f"--cluster {cluster}: {env.launcher} already started this job's processes; run nbdist generate "
+            f"--cluster {cluster} once, without {env.launcher}, or leave --cluster out (NBDIST_CLUSTER=local)"
+        )
 
 
 def _check_memory(

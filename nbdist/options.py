@@ -58,7 +58,8 @@ class GenerateOptions:
     quantize: str | None = None  # "nf4", "int8", "torchao-int8wo": the workers load the model quantized
     vae_tiling: bool = False  # the VAE decodes in tiles: big images need far less GPU memory
     overwrite: bool = False  # save_dir may hold an earlier run: replace its files (else that is refused)
-    cluster: str | None = None  # a Ray cluster's address (auto, HOST:PORT, ray://HOST:PORT): actors there, not forks
+    cluster: str | None = None  # a Ray cluster's address (auto, HOST:PORT): actors there, not forks
+    cluster_wait: float = 60.0  # seconds a busy cluster may take to free the actors' GPUs/CPUs (then refused)
     preview: str = "auto"  # --preview auto|taesd[=PATH]|off: the image while it denoises (preview_choice.py)
     variation_seed: int | None = None  # image i's initial noise blended with seed variation_seed + i's
     variation_strength: float | None = None  # how far (slerp) towards that noise: 0 is the image itself
@@ -110,6 +111,8 @@ class GenerateOptions:
 
                 refuse_previous_run(self.save_dir)
         validate_placement(self)
+        if not isinstance(self.cluster_wait, int | float) or self.cluster_wait < 0:
+            raise NbdistUsageError(f"--cluster-wait must be >= 0 seconds, got {self.cluster_wait!r}")
         if self.cluster is not None:
             from .cluster_address import check_cluster_options
 

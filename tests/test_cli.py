@@ -274,6 +274,18 @@ def test_cli_under_torchrun_refuses_a_folder_holding_a_run(prompts_file, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl"]
 
 
+def test_cli_under_torchrun_refuses_cluster(prompts_file, tmp_path) -> None:
+    """--cluster starts Ray actors from one driver; under torchrun there are already processes: one line."""
+    out = tmp_path / "out"
+    args = generate_args("demo", prompts_file, out, 0, "--cluster", "auto")
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node=1", *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    refusals = [line for line in proc.stderr.splitlines() if "--cluster" in line]
+    assert proc.returncode != 0 and len(refusals) == 1, proc.stderr
+    assert refusals[0].startswith("nbdist generate: error: --cluster auto: torchrun already started"), refusals
+    assert "without torchrun" in refusals[0] and not out.exists()
+
+
 def test_launch_detection() -> None:
     assert launched({}) is None
     assert launched({"WORLD_SIZE": "2"}) is None  # no launcher variables: a plain run

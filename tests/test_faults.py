@@ -141,7 +141,10 @@ def test_interrupt_keeps_complete_files(kernel: Kernel, tiny_model: str, tmp_pat
 
 
 def test_stuck_worker_is_killed_and_replaced(kernel: Kernel, tiny_model: str) -> None:
-    """A worker that does not stop within 2 s of a cancel (stuck in a library, ignoring signals) is killed."""
+    """A worker that does not stop within 2 s of a cancel (stuck in a library, ignoring signals) is killed.
+
+    The cell does not wait for that: an interrupt ends the wait within a second, with the images so far.
+    """
     ex = kernel.execute(
         FLAKY_PIPELINE.format(path=tiny_model)
         + """
@@ -162,11 +165,12 @@ stubborn = Stubborn(**flaky.components)
     ex = kernel.execute(f"%%distgen --pipe stubborn -n 2 --steps 4 --seed 0 -o res\n{prompts}", on_message=hook)
     replied = time.monotonic()
     assert hook.at is not None
-    wait_gone(hook.worker_pids, timeout=2.0)
-    assert replied - hook.at < 2.0 + 2.5
-    print(f"stuck worker: cell ended {replied - hook.at:.2f} s after the interrupt")
+    assert replied - hook.at < 1.5, f"cell ended {replied - hook.at:.2f} s after the interrupt"  # not the 2 s grace
+    gone = wait_gone(hook.worker_pids, timeout=4.0)  # the pool kills them in the background
+    print(f"stuck worker: cell ended {replied - hook.at:.2f} s after the interrupt, workers gone {gone:.2f} s later")
     assert ex.error is None, ex.error
-    assert stderr_lines(ex)[0].startswith("interrupted: ")
+    assert stderr_lines(ex)[0].startswith("nbdist: stopped waiting for the workers; ")
+    assert stderr_lines(ex)[1].startswith("interrupted: ")
     assert "Traceback" not in ex.stream() and "E1" not in ex.stream()
     assert kernel.value("res.interrupted") is True
     again = kernel.execute("%%distgen --pipe stubborn -n 2 --steps 1 --seed 0 -o res2\na\nb")

@@ -8,6 +8,7 @@ and ``NBDIST_SKIP_RAY=1`` makes that script leave them out.
 
 from __future__ import annotations
 
+import _thread
 import os
 import socket
 import subprocess
@@ -67,6 +68,7 @@ def run(cluster, tiny_model: str):
         kw = {"seed": 0, "steps": STEPS, **kw}  # -n: one actor per CPU of the cluster
         return nbdist.generate(tiny_model, prompts, cluster=cluster[0].address, **kw)
 
+    on_cluster.address = cluster[0].address
     return on_cluster
 
 
@@ -111,6 +113,101 @@ def test_stop_keeps_the_actors(run) -> None:
     assert [r.ok for r in run(PROMPTS[:1])] == [True]
 
 
+class _InterruptOnFirstImage:
+    """An observer that sends the waiting main thread a KeyboardInterrupt (Ctrl-C) when an image arrives."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def on_start(self, run) -> None:
+        pass
+
+    def on_message(self, msg) -> None:
+        from nbdist.messages import ImageReady
+
+        if self.at is None and isinstance(msg, ImageReady):
+            self.at = time.monotonic()
+            _thread.interrupt_main()
+
+    def on_end(self, result) -> None:
+        pass
+
+
+def _inject(monkeypatch, method: str) -> list[float]:
+    """``RayActorGroup.method`` raises once (then is itself again); returns when it did."""
+    from nbdist.parent.ray.actors import RayActorGroup
+
+    real, failed = getattr(RayActorGroup, method), []
+
+    def broken(self, *args, **kwargs):
+        monkeypatch.setattr(RayActorGroup, method, real)
+        failed.append(time.monotonic())
+        raise RuntimeError(f"injected failure in {method}")
+
+    monkeypatch.setattr(RayActorGroup, method, broken)
+    return failed
+
+
+def _fails_in_one_line(result, method: str, failed: list[float], bound: float = 5.0) -> float:
+    ended = time.monotonic()
+    assert failed and ended - failed[0] < bound, f"{method}: ended {ended - failed[0]:.2f} s after the failure"
+    lines = [f.error for f in result.worker_failures]
+    assert len(lines) == 1 and f"RuntimeError: injected failure in {method}" in lines[0], lines
+    assert "\n" not in lines[0]
+    return ended - failed[0]
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_a_failure_at_each_step_ends_the_run_in_one_line_and_the_next_works(run, monkeypatch) -> None:
+    """Each step of the ``WorkerBackend`` raising once: the call returns within 5 s (1 s of a Ctrl-C), and
+    the next call gives every image. One chain on one actor, so that each failure's next call starts the
+    actor the following failure meets (each failure costs the actors: starting them is the slow part)."""
+    took: dict[str, float] = {}
+
+    def whole() -> None:
+        after = run(PROMPTS[:3], num_processes=1)
+        assert [r.index for r in after if r.ok] == [0, 1, 2] and not after.worker_failures
+
+    whole()
+    for method in ("run", "receive"):
+        failed = _inject(monkeypatch, method)
+        took[method] = _fails_in_one_line(run(PROMPTS, num_processes=1), method, failed)
+        whole()
+    failed, interrupt = _inject(monkeypatch, "cancel"), _InterruptOnFirstImage()
+    result = run(PROMPTS, num_processes=1, observers=[interrupt], steps=6)
+    took["cancel"] = _fails_in_one_line(result, "cancel", failed)
+    assert interrupt.at is not None and time.monotonic() - interrupt.at < 1.0
+    whole()
+    failed = _inject(monkeypatch, "stop")  # -n 2: the warm actors are stopped, and killed instead
+    result = run(PROMPTS, num_processes=2)
+    took["stop"] = _fails_in_one_line(result, "stop", failed, bound=120.0)  # new actors make every image
+    assert result.complete
+    failed = _inject(monkeypatch, "start")  # -n 1: new actors again
+    took["start"] = _fails_in_one_line(run(PROMPTS, num_processes=1), "start", failed)
+    whole()
+    print("Ray: the call returned after the failure: " + ", ".join(f"{k} {v:.2f} s" for k, v in took.items()))
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_a_pipe_ray_cannot_pickle_ends_the_run_in_one_line(run, tiny_pipe) -> None:
+    """``ray.put`` of a pipeline holding a lock fails: said in one line, naming what Ray could not pickle."""
+    import threading
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(**tiny_pipe.components)
+    pipe.lock = threading.Lock()
+    started = time.monotonic()
+    result = nbdist.generate(pipe, PROMPTS[:2], cluster=run.address, seed=0, steps=STEPS)
+    assert time.monotonic() - started < 5.0
+    lines = [f.error for f in result.worker_failures]
+    assert len(lines) == 1 and lines[0].startswith("starting the workers failed: ") and "\n" not in lines[0], lines
+    assert "cannot be sent to the cluster's nodes (TypeError: cannot pickle '_thread.lock' object)" in lines[0]
+    assert len(result.missing) == 2  # the next run working after a failure: the chain test above
+
+
 @pytest.mark.ray
 @needs_namespace
 def test_a_node_removed_mid_run_loses_no_finished_image(cluster, run) -> None:
@@ -132,6 +229,59 @@ def test_a_node_removed_mid_run_loses_no_finished_image(cluster, run) -> None:
     assert [r.ok for r in after] == [True, True] and len(after.workers) == 2 and lost not in {r.node for r in after}
 
 
+class _Phases:
+    """An observer that keeps the phases a run reports before its workers speak ("waiting for ...")."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+
+    def on_start(self, run) -> None:
+        pass
+
+    def on_message(self, msg) -> None:
+        pass
+
+    def on_phase(self, text: str) -> None:
+        self.said.append(text)
+
+    def on_end(self, result) -> None:
+        pass
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_a_busy_cluster_is_sized_from_what_is_free_and_waited_on_for_a_bound(run) -> None:
+    """Another job holds a CPU: without -n the run takes the CPUs left; with more it waits, saying so, and is
+    refused after --cluster-wait naming what was free."""
+    import ray
+
+    class Holder:  # another job's actor holding one CPU (defined here: Ray sends it by value)
+        def ping(self) -> int:
+            return 1
+
+    nbdist.shutdown()  # this kernel's own actors hold nothing now
+    holder = ray.remote(num_cpus=1)(Holder).remote()
+    try:
+        ray.get(holder.ping.remote(), timeout=60)
+        free = int(ray.available_resources().get("CPU", 0))
+        assert free >= 1
+        result = run(PROMPTS[:3])
+        assert result.complete and result.num_processes == free and len(result.workers) == free
+        waiting = _Phases()
+        started = time.monotonic()
+        refused = run(PROMPTS[:3], num_processes=free + 1, cluster_wait=1.5, observers=[waiting])
+        took = time.monotonic() - started
+        lines = [f.error for f in refused.worker_failures]
+        assert len(lines) == 1 and f"{free + 1} CPU(s) asked, {free} free after 1.5 s" in lines[0], lines
+        assert f"ask for at most {free} with -n" in lines[0] and "\n" not in lines[0]
+        assert f"waiting for {free + 1} CPUs on the cluster, {free} free" in waiting.said, waiting.said
+        assert took < 1.5 + 5.0 and len(refused.missing) == 3
+        print(f"busy cluster: refused {took:.2f} s after the call (--cluster-wait 1.5)")
+    finally:
+        ray.kill(holder)
+    assert [r.ok for r in run(PROMPTS[:1])] == [True]  # the next run without -n takes every CPU again
+
+
 @pytest.mark.ray
 @needs_namespace
 def test_refine_on_the_cluster_reads_its_init_on_the_actors_nodes(run, forked, tiny_pipe) -> None:
@@ -151,6 +301,35 @@ def test_refine_on_the_cluster_reads_its_init_on_the_actors_nodes(run, forked, t
         generator=torch.Generator("cpu").manual_seed(result[0].seed),
     ).images[0]
     assert max_diff(result[0].image, plain) <= 2
+
+
+@pytest.mark.ray
+@needs_namespace
+def test_dtype_rule_reads_the_gpu_kinds_the_nodes_name(cluster, tmp_path) -> None:
+    """Flux gets bfloat16 only where every GPU kind on the cluster computes it, as on one machine: nodes that
+    say ``accelerator_type:L4`` (8.9) and then also ``T4`` (7.5). Plans only: nothing runs on these GPUs."""
+    import json
+
+    from nbdist.options import GenerateOptions
+    from nbdist.parent.planning.plan import plan_run
+
+    started, _ = cluster
+    flux = tmp_path / "flux"
+    flux.mkdir()
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    options = GenerateOptions(cluster=started.address, device="cuda", num_processes=1, save=False)
+    added = [started.add_node(num_cpus=0, num_gpus=1, resources={"accelerator_type:L4": 1})]
+    try:
+        started.wait_for_nodes()
+        plan = plan_run(str(flux), ["a dog"], options)
+        assert plan.dtype == "bfloat16" and not plan.notes, plan.notes
+        added.append(started.add_node(num_cpus=0, num_gpus=1, resources={"accelerator_type:T4": 1}))
+        started.wait_for_nodes()
+        plan = plan_run(str(flux), ["a dog"], options)
+        assert plan.dtype == "float16" and any("T4, compute capability 7.5, lacks bfloat16" in n for n in plan.notes)
+    finally:
+        for node in added:
+            started.remove_node(node)
 
 
 @pytest.mark.ray
@@ -189,8 +368,31 @@ def test_unreachable_cluster_is_one_line_before_anything_starts(tiny_model: str)
     with pytest.raises(NbdistUsageError, match=r"^--cluster 127\.0\.0\.1:1: cannot reach 127\.0\.0\.1:1") as err:
         nbdist.generate(tiny_model, ["a dog"], cluster="127.0.0.1:1")
     assert "\n" not in str(err.value) and time.monotonic() - started < 10
-    with pytest.raises(NbdistUsageError, match="write auto, HOST:PORT or ray://HOST:PORT"):
+    with pytest.raises(NbdistUsageError, match="write auto or HOST:PORT"):
         nbdist.generate(tiny_model, ["a dog"], cluster="no-port-here")
+
+
+def test_ray_client_addresses_are_refused_up_front(tiny_model: str, monkeypatch, capsys, tmp_path) -> None:
+    """Ray Client cannot run the streaming calls every batch is (ray#43357): one line naming what works,
+    before anything connects, from the API, the environment and the CLI alike."""
+    from nbdist.cli import main
+
+    started = time.monotonic()
+    with pytest.raises(NbdistUsageError) as err:
+        nbdist.generate(tiny_model, ["a dog"], cluster="ray://127.0.0.1:10001")
+    line = str(err.value)
+    assert time.monotonic() - started < 5.0 and "\n" not in line
+    assert line.startswith("--cluster ray://127.0.0.1:10001: Ray Client (ray://) cannot stream")
+    assert "--cluster auto" in line and "HOST:6379" in line and "ray job submit" in line
+    monkeypatch.setenv("NBDIST_CLUSTER", "ray://head-svc.ns.svc.cluster.local:10001")
+    with pytest.raises(NbdistUsageError, match="Ray Client"):
+        nbdist.generate(tiny_model, ["a dog"])
+    monkeypatch.delenv("NBDIST_CLUSTER")
+    args = ["generate", "--model", tiny_model, "--prompt", "a dog", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--cluster", "ray://h:10001"])
+    said = capsys.readouterr().err.strip()
+    assert exited.value.code == 2 and "\n" not in said and "Ray Client (ray://) cannot stream" in said, said
 
 
 def test_ray_is_imported_only_for_a_cluster(tiny_model: str) -> None:
@@ -208,7 +410,6 @@ def test_cluster_addresses_and_the_environment(monkeypatch, tiny_model: str) -> 
 
     assert host_port("auto") is None
     assert host_port("10.0.0.1:6379") == ("10.0.0.1", 6379)
-    assert host_port("ray://head-svc.ns.svc.cluster.local:10001") == ("head-svc.ns.svc.cluster.local", 10001)
     monkeypatch.setenv("NBDIST_CLUSTER", "auto")
     assert cluster_from_env(None) == "auto" and cluster_from_env("local") is None
     monkeypatch.setenv("NBDIST_CLUSTER", "local")

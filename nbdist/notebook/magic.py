@@ -37,6 +37,7 @@ class _StoreResult:
 
     def __init__(self, ns: dict[str, Any], name: str) -> None:
         self._ns, self._name = ns, name
+        self.result: GenerationResult | None = None  # the run's full result, once the pool has ended it
 
     def on_start(self, run: Any) -> None:
         pass
@@ -45,6 +46,7 @@ class _StoreResult:
         pass
 
     def on_end(self, result: GenerationResult) -> None:
+        self.result = result
         self._ns[self._name] = result
 
 
@@ -148,9 +150,9 @@ class DistgenMagics(Magics):
             if args.out:
                 ns[args.out] = result
             return None
-        return self._finish(result, args.out, ns)
+        return self._finish(result, args.out, ns, keep[0] if keep else None)
 
-    def _finish(self, result: Any, out: str | None, ns: dict[str, Any]) -> Any:
+    def _finish(self, result: Any, out: str | None, ns: dict[str, Any], stored: _StoreResult | None = None) -> Any:
         """A blocking run's end: the workers' own load refusal, placement, ``-o NAME``, a few end lines."""
         refusal = setup_refusal(result)
         if refusal is not None:  # the workers' own load failed (--device-map): the line a kernel load shows
@@ -159,6 +161,8 @@ class DistgenMagics(Magics):
             print(f"hf_device_map: {result.device_map}")  # where --device-map balanced put each component
         if out:
             ns[out] = result
+            if stored is not None and stored.result is not None:  # after: an interrupted wait that ended early
+                ns[out] = stored.result  # and the run that has ended since (or it will put it there itself)
         for text in end_lines(result, out):  # interrupted / per-worker errors: a few lines, no tracebacks
             if not text.startswith("interrupted:") or _has_widget_front_end(self.shell):
                 print(text, file=sys.stderr)  # terminal IPython: Out[n] (the result's repr) already says it

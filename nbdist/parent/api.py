@@ -8,6 +8,7 @@ it returns a ``RunHandle`` at once instead.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,9 @@ from .results.observer import RunObserver
 from .results.previews import PreviewCallback, wants_previews
 from .results.result import GenerationResult
 
-__all__ = ["generate", "shutdown", "status", "wait_interruptibly"]
+__all__ = ["INTERRUPT_WAIT", "generate", "shutdown", "status", "wait_interruptibly"]
+
+INTERRUPT_WAIT = 0.9  # seconds an interrupted wait gives the workers to answer before it ends anyway
 
 
 def generate(
@@ -134,19 +137,33 @@ def _default_observers(options: GenerateOptions) -> list[RunObserver]:
 def wait_interruptibly(handle: RunHandle) -> GenerationResult:
     """Wait for the run; an interrupt (the stop button, Ctrl-C) cancels it and returns what was finished.
 
-    A second interrupt while the workers wind down must not lose the images already made, so it is
-    absorbed: cancelling is bounded (``STOP_GRACE``, then the workers are killed).
+    Every interrupt ends the wait within ``INTERRUPT_WAIT`` s: the first cancels the run and waits that
+    long for the workers to answer (one denoising step, usually); if they have not, or on a second
+    interrupt, the wait ends with the images so far while the pool ends the run in the background (the
+    gallery and ``-o`` then get its full result). A pool thread that is gone ends the wait at once.
     """
-    try:
-        while not handle.done:
-            handle.wait_briefly()
-    except KeyboardInterrupt:
-        handle.cancel()
-    while True:
+    cancelled_at: float | None = None
+    told = False
+    while not handle.done and handle.pool_alive:
         try:
-            return handle.wait()
+            if cancelled_at is not None:
+                if not told:
+                    handle.cancel()  # in the loop: an interrupt landing inside it is caught like any other
+                    told = True
+                if time.monotonic() - cancelled_at > INTERRUPT_WAIT:
+                    break
+            handle.wait_briefly(0.05 if cancelled_at is not None else 0.1)
         except KeyboardInterrupt:
-            continue
+            if cancelled_at is not None:
+                break
+            cancelled_at = time.monotonic()
+    if cancelled_at is not None and not told:
+        with contextlib.suppress(KeyboardInterrupt):
+            handle.cancel()
+    if not handle.done:
+        why = "stopped waiting for the workers" if cancelled_at is not None else "the pool's thread is gone"
+        print(f"nbdist: {why}; an image they still finish joins the gallery", file=sys.stderr)
+    return handle.snapshot()
 
 
 def shutdown() -> bool:

@@ -124,6 +124,9 @@ class WorkerGroup:
         """
         return self.alive and all(proc.is_alive() for proc in self._processes)
 
+    def waiting(self) -> str | None:
+        return None  # forks start at once
+
     @property
     def pids(self) -> list[int]:
         return [self.ready[r].pid for r in sorted(self.ready)]
@@ -207,6 +210,8 @@ class WorkerGroup:
 
     def kill(self) -> list[int]:
         """SIGINT, SIGTERM, SIGKILL (``STOP_SCHEDULE``) to every worker; waits for the launcher to return."""
+        if self.thread is None:  # never launched: nothing forked (and every child since ``_before`` is not ours)
+            return []
         procs = self._processes or workers_since(self._before)
         leftover = stop_workers(procs)
         if self.thread is not None:

@@ -325,7 +325,8 @@ def _pipeline(model_or_pipe: Any, dtype: str, options: GenerateOptions) -> tuple
 
 
 def _plan_cluster(model_or_pipe: Any, options: GenerateOptions, notes: list[str]) -> tuple[Any, str, str, str, int]:
-    """``--cluster``: connect (a one-line error if the cluster cannot be reached), then size the actors from it.
+    """``--cluster``: connect (a one-line error if the cluster cannot be reached), then size the actors from it:
+    ``-n``, else as many as it has free now (its own warm actors' slots count as free).
 
     A model id or folder is loaded by each actor on its own node, never in the kernel; a pipeline
     object given in Python is shipped to the actors once through Ray's object store.
@@ -337,10 +338,11 @@ def _plan_cluster(model_or_pipe: Any, options: GenerateOptions, notes: list[str]
         raise NbdistUsageError(f"--device cuda: the cluster at {options.cluster} has no GPU")
     device_type = "cuda" if facts.gpus and options.device != "cpu" else "cpu"
     slots, unit = (facts.gpus, "GPU") if device_type == "cuda" else (facts.cpus, "CPU")
-    n = options.num_processes or slots
+    free = facts.free_gpus if device_type == "cuda" else facts.free_cpus
+    n = options.num_processes or max(1, min(free, slots))  # what other jobs leave: a busy cluster is not waited on
     if n > slots:
         raise NbdistUsageError(f"-n {n}: the cluster at {options.cluster} has {slots} {unit}(s) in all, one actor each")
-    dtype, note = _dtype(model_or_pipe, options, device_type, GpuQuery())
+    dtype, note = _dtype(model_or_pipe, options, device_type, facts.kinds)  # the kinds its nodes name
     notes += [note] if note else []
     if not isinstance(model_or_pipe, str | os.PathLike):
         pipe, name = _pipeline(model_or_pipe, dtype, options)

@@ -8,6 +8,7 @@ messages of ``nbdist/messages.py``, so a run looks the same wherever its images 
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Protocol
 
 from ...messages import Message, RunCommand, WorkerStarted
@@ -58,6 +59,10 @@ class WorkerBackend(Protocol):
 
     def healthy(self) -> bool:
         """A run may be handed to this group now."""
+        ...
+
+    def waiting(self) -> str | None:
+        """What the workers wait for before they can even start (a busy cluster), in a few words; else None."""
         ...
 
     @property
@@ -118,5 +123,12 @@ def start_backend(plan: Plan) -> WorkerBackend:
             plan.options,
             cuda_visible=plan.cuda_visible,
         )
-    group.start()
+    try:
+        group.start()
+    except BaseException:  # half started: give back what it holds (forks, store, placement group) first
+        with contextlib.suppress(Exception):
+            group.kill()
+        with contextlib.suppress(Exception):
+            group.close()
+        raise
     return group

@@ -39,6 +39,9 @@ class Run:
         self.fanout = Fanout([*([self.writer] if self.writer else []), self.builder, *observers])
         self.finished_ranks: set[int] = set()
         self.cancel_requested_at: float | None = None
+        self.cancel_sent = False  # the pool thread has told the workers
+        self.waiting_said: str | None = None  # what the workers wait for, last told to the observers
+        self.notes: list[str] = []  # lines about the pool's own trouble on this run's way (said at its end)
         self.fresh_group = False  # the pipeline changed since the workers started: they must be replaced
         self.started_at: float | None = None
         self.waited = False  # queued behind other runs: its totals count from when the workers took it
@@ -100,10 +103,18 @@ class Run:
         return self.finished_ranks >= self._ranks
 
     def finish(
-        self, *, died: Sequence[WorkerExit] = (), error: BaseException | None = None, note: str | None = None
+        self,
+        *,
+        died: Sequence[WorkerExit] = (),
+        error: BaseException | None = None,
+        note: str | None = None,
+        failure: WorkerFailure | None = None,
     ) -> GenerationResult:
-        """Build the result (partial if cancelled or workers died), tell the observers, wake the waiters."""
-        plan, builder = self.plan, self.builder
+        """Build the result (partial if cancelled or workers died), tell the observers, wake the waiters.
+
+        ``failure``: the pool itself failed (``warm_pool.py``), said in one line with its traceback.
+        """
+        builder = self.builder
         for exit_ in died:
             if not any(f.rank == exit_.rank for f in builder.worker_failures):
                 builder.worker_failures.append(
@@ -113,10 +124,30 @@ class Run:
             builder.worker_failures.append(WorkerFailure(-1, f"launcher: {type(error).__name__}: {error}"))
         if note:
             builder.worker_failures.append(WorkerFailure(-1, note))
+        builder.worker_failures += [WorkerFailure(-1, line) for line in self.notes]
+        if failure is not None:
+            builder.worker_failures.append(failure)
+        result = self._result(builder.worker_failures)
+        self.fanout.end(result)
+        self.result = result
+        self.done.set()
+        return result
+
+    def snapshot(self) -> GenerationResult:
+        """The images finished so far, as an interrupted result, while the run itself goes on ending.
+
+        For a caller that stops waiting (a Ctrl-C not answered within a second); the observers (the
+        gallery, ``-o``) still get the full result when the pool ends the run.
+        """
+        return self._result(list(self.builder.worker_failures), interrupted=True)
+
+    def _result(self, failures: list[WorkerFailure], interrupted: bool = False) -> GenerationResult:
+        plan, builder = self.plan, self.builder
+        records = dict(builder.records)  # a C-level copy: safe while the pool thread adds
         started = self.counted_from()
         result = GenerationResult(
-            records=[builder.records[i] for i in sorted(builder.records)],
-            missing=[job for job in plan.jobs if job.index not in builder.records],
+            records=[records[i] for i in sorted(records)],
+            missing=[job for job in plan.jobs if job.index not in records],
             options=plan.options,
             seed=plan.info.seed,
             model=plan.name,
@@ -125,9 +156,9 @@ class Run:
             first_image_seconds=None
             if builder.first_image_at is None or started is None
             else builder.first_image_at - started,
-            interrupted=self.cancel_requested_at is not None,
-            worker_failures=builder.worker_failures,
-            workers={r: w for r, w in builder.workers.items()},
+            interrupted=interrupted or self.cancel_requested_at is not None,
+            worker_failures=failures,
+            workers=dict(builder.workers),
             logs=self._read_logs(),
             save_dir=Path(plan.options.save_dir) if plan.options.save_dir else None,
             settings=dict(plan.call.effective),
@@ -137,9 +168,6 @@ class Run:
         if self.writer is not None:
             for record in result.records:
                 record.path = self.writer.paths.get(record.index)
-        self.fanout.end(result)
-        self.result = result
-        self.done.set()
         return result
 
     def counted_from(self) -> float | None:
@@ -215,6 +243,15 @@ class RunHandle(RecordSequence):
     def cancel(self) -> None:
         """Stop the run: images being made are dropped within one denoising step, finished ones kept."""
         self._pool.cancel(self._run)
+
+    @property
+    def pool_alive(self) -> bool:
+        """The pool's thread still runs (it alone ends runs): a waiter need not wait on a dead one."""
+        return not self._pool.closed
+
+    def snapshot(self) -> GenerationResult:
+        """The result now, or the images so far if the run is still ending (``Run.snapshot``)."""
+        return self._run.result if self._run.result is not None else self._run.snapshot()
 
     def __repr__(self) -> str:
         if self._run.result is not None:

@@ -7,8 +7,11 @@ pipeline object, dtype, device, ``-n``) reuse them: no fork, no placement, no re
 another key, or a ``--pipe`` object changed since the fork (``fingerprint.py``), gets a new group.
 
 One thread per kernel (``nbdist-pool``) does all the pool's work: it dispatches queued runs, reads the
-workers' queue, feeds the current run's observers, notices dead workers and idle time. Callers only
-queue runs, cancel them and wait on them, so nothing here races.
+workers' queue, feeds the current run's observers, notices dead workers and idle time, and tells the
+workers of a cancel. Callers only queue runs, mark them cancelled and wait on them, so nothing here
+races, and a backend call never runs (nor fails, nor blocks) in the notebook's thread. An exception in
+that thread ends the current run with one line naming the step (``failures.py``) and drops the
+workers; the thread goes on, so the next run starts a new group.
 
 Cancel (the stop button, ``RunHandle.cancel``): the group's shared cancel counter is raised; every
 worker sees it after its current denoising step (or when its VAE decode returns), drops the image it
@@ -25,6 +28,7 @@ import atexit
 import collections
 import contextlib
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +38,7 @@ from ...messages import Message, RunCommand, RunFinished, RunStarted, WorkerFini
 from ..planning.fingerprint import fingerprint, what_changed
 from ..planning.plan import Plan, PoolKey, dispatch_order
 from .backend import WorkerBackend, start_backend
+from .failures import IDLE, failure
 from .run import Run, RunHandle
 
 __all__ = ["STOP_GRACE", "PoolStatus", "WorkerPool", "idle_timeout_default"]
@@ -93,6 +98,7 @@ class WorkerPool:
         self._runs_done = 0
         self._last_activity = time.monotonic()
         self._closing = False
+        self._stage = IDLE  # what the pool thread is asking the workers to do: named if it fails
         self._wake = threading.Event()
         self.idle_timeout = idle_timeout_default()
         self._thread = threading.Thread(target=self._loop, name="nbdist-pool", daemon=True)
@@ -132,13 +138,11 @@ class WorkerPool:
         return None
 
     def cancel(self, run: Run) -> None:
-        """Cancel a queued or running run (idempotent)."""
+        """Cancel a queued or running run (idempotent). Only marks it: the pool thread tells the workers,
+        so a backend that fails or blocks never does so in the caller's (the notebook's) thread."""
         with self._lock:
             if run.cancel_requested_at is None:
                 run.cancel_requested_at = time.monotonic()
-            group = self._group
-            if self._current is run and group is not None:
-                group.cancel(run.id)
         self._wake.set()
 
     def shutdown(self, wait: bool = True) -> None:
@@ -148,8 +152,6 @@ class WorkerPool:
             for run in [*self._pending, *([self._current] if self._current else [])]:
                 if run.cancel_requested_at is None:
                     run.cancel_requested_at = time.monotonic()
-            if self._current is not None and self._group is not None:
-                self._group.cancel(self._current.id)
         self._wake.set()
         if wait and self._thread is not threading.current_thread():
             self._thread.join(30)
@@ -180,14 +182,33 @@ class WorkerPool:
             with self._lock:
                 if self._closing and self._current is None and not self._pending:
                     break
-            self._watch()
-            self._dispatch_next()
-            msg = self._next_message()
-            if msg is not None:
-                self._route(msg)
-            if self._current is not None:
-                self._current.fanout.tick()
-        self._stop_group()
+            try:
+                self._step()
+            except Exception as exc:  # never end the thread: it alone ends runs, a dead one hangs every cell
+                self._fail(exc)
+        with contextlib.suppress(Exception):
+            self._stop_group()
+
+    def _step(self) -> None:
+        self._stage = IDLE
+        self._watch()
+        self._send_cancel()
+        self._dispatch_next()
+        msg = self._next_message()
+        self._stage = IDLE
+        if msg is not None:
+            self._route(msg)
+        if self._current is not None:
+            self._show_waiting()
+            self._current.fanout.tick()
+
+    def _show_waiting(self) -> None:
+        """A busy cluster's "waiting for 3 CPUs, 1 free" in the run's header, each time it changes."""
+        run, group = self._current, self._group
+        text = group.waiting() if group is not None and run is not None else None
+        if run is not None and text is not None and text != run.waiting_said:
+            run.waiting_said = text
+            run.fanout.phase(text)
 
     def _next_message(self) -> Message | None:
         group = self._group
@@ -195,7 +216,44 @@ class WorkerPool:
             self._wake.wait(0.25)
             self._wake.clear()
             return None
+        self._stage = "reading the workers' messages"
         return group.receive(0.05)
+
+    def _send_cancel(self) -> None:
+        """Tell the workers of a cancel the caller asked for (``cancel`` only marks the run)."""
+        run, group = self._current, self._group
+        if run is None or group is None or run.cancel_requested_at is None or run.cancel_sent:
+            return
+        run.cancel_sent = True
+        self._stage = "cancelling the run"
+        group.cancel(run.id)
+
+    def _fail(self, exc: Exception) -> None:
+        """Something in the pool's work raised: end the run with that line and drop the workers.
+
+        The run ends first (the cell must not wait on workers being killed); the next run starts a
+        new group. If even ending the run fails, its waiters are woken with what it has.
+        """
+        said = failure(self._stage, exc)
+        group, run = self._group, self._current
+        self._group = self._group_key = None
+        if run is not None:
+            try:
+                self._end_current(failure=said)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    run.result = run.snapshot()
+                with self._lock:
+                    self._current = None
+                run.done.set()
+        else:
+            print(f"nbdist: {said.error}; the workers were stopped", file=sys.stderr)
+            self._wake.wait(0.25)  # a failure that repeats while idle must not spin the thread
+        if group is not None:
+            with contextlib.suppress(Exception):
+                group.kill()
+            with contextlib.suppress(Exception):
+                group.close()
 
     def _dispatch_next(self) -> None:
         """Send the next queued run to the workers (starting or replacing them if needed)."""
@@ -211,11 +269,13 @@ class WorkerPool:
         if self._group is not None and not self._group.healthy():
             self._retire_group()  # a worker died since the last run: start a full group
         if self._group is not None and (self._group_key != key or run.fresh_group):
-            self._stop_group()
+            run.notes += self._stop_group()
         if self._group is None:
+            self._stage = "starting the workers"
             self._start_group(run.plan)
         assert self._group is not None
         run.begin(self._group.ready, self._group.ranks, self._group.log_dir)
+        self._stage = "handing the run to the workers"
         self._group.run(
             RunCommand(
                 run.id,
@@ -264,6 +324,7 @@ class WorkerPool:
         now = time.monotonic()
         if run is not None and run.cancel_requested_at is not None and group is not None:
             if now > run.answer_deadline(STOP_GRACE):
+                self._stage = "killing workers that did not answer the cancel"
                 group.kill()  # the next _watch finds it dead and ends the run
                 if group.alive:
                     self._abandon(group)
@@ -311,21 +372,28 @@ class WorkerPool:
         """A group with a dead worker: kill the rest now rather than wait for torch elastic to."""
         self._drop_group(kill=True)
 
-    def _stop_group(self) -> None:
-        """Ask a healthy group to stop (escalating to kill if it does not)."""
-        self._drop_group(kill=False)
+    def _stop_group(self) -> list[str]:
+        """Ask a healthy group to stop (escalating to kill if it does not); a line if stopping failed."""
+        return self._drop_group(kill=False)
 
-    def _drop_group(self, kill: bool) -> None:
+    def _drop_group(self, kill: bool) -> list[str]:
+        """Stop or kill the group; a stop that raises is followed by a kill, and said in one line."""
         group = self._group
         self._group = self._group_key = None
         if group is None:
-            return
-        with contextlib.suppress(Exception):
-            if kill:
-                group.kill()
-                group.close()
-            else:
+            return []
+        lines: list[str] = []
+        if not kill:
+            try:
                 group.stop()
+                return []
+            except Exception as exc:
+                lines.append(f"{failure('stopping the previous workers', exc).error}; they were killed")
+        with contextlib.suppress(Exception):
+            group.kill()
+        with contextlib.suppress(Exception):
+            group.close()
+        return lines
 
 
 _POOL: WorkerPool | None = None

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...errors import NbdistUsageError
 from ...jobs import ImageJob
 from ...messages import (
     ImageFailed,
@@ -43,7 +44,7 @@ from ...messages import (
 from ...spec import WorkerSetup
 from ...worker.actor import CONTROL, WORK, GenerationActor
 from ..pool.exits import WorkerExit
-from .cluster import first_line
+from .cluster import first_line, free, hold
 
 if TYPE_CHECKING:
     from ..planning.plan import Plan
@@ -86,6 +87,12 @@ class RayActorGroup:
         self._dispatched = False
         self._closed = False
         self._placement: Any = None
+        self._unit = "GPU" if plan.device_type == "cuda" else "CPU"
+        self._placed: Any = None  # ObjectRef of the placement group's ready(), until it is
+        self._asked_at = 0.0
+        self._waiting: str | None = None  # "waiting for 3 CPUs on the cluster, 1 free" while it is pending
+        self._free_seen_at = 0.0
+        self._held = 0
         self._log_dir = tempfile.mkdtemp(prefix="nbdist-ray-logs-")  # stays empty: the logs are on the nodes
 
     # -- starting --------------------------------------------------------------------------------
@@ -100,8 +107,11 @@ class RayActorGroup:
         gpu = plan.device_type == "cuda"
         bundle = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
         self._placement = placement_group([bundle] * plan.num_processes, strategy="SPREAD")
+        self._placed, self._asked_at = self._placement.ready(), time.monotonic()
+        self._held = plan.num_processes
+        hold(self._unit, self._held)
         setup = WorkerSetup(plan.device_type, plan.dtype, plan.threads, "", None, plan.options, model=plan.name)
-        pipeline = ray.put(plan.pipe) if plan.pipe is not None else None  # shipped once, to every node that needs it
+        pipeline = _put_pipeline(plan.pipe) if plan.pipe is not None else None  # once, to every node that needs it
         actor_class = ray.remote(concurrency_groups={WORK: 1, CONTROL: 1})(GenerationActor)
         for rank in range(plan.num_processes):
             actor = actor_class.options(
@@ -190,6 +200,9 @@ class RayActorGroup:
 
         if self._inbox:
             return self._inbox.popleft()
+        if self._placed is not None:
+            self._wait_for_placement(timeout)
+            return None
         waiting = [ref for ref, _ in self._hellos] or [call.stream for call in self._streams.values()]
         if not waiting:  # nothing out there (every actor lost): the caller's poll must not spin
             time.sleep(timeout)
@@ -201,6 +214,31 @@ class RayActorGroup:
             return self._on_hello(done[0])
         message = self._on_stream(self._streams[id(done[0])])
         return message if message is not None else (self._inbox.popleft() if self._inbox else None)
+
+    def waiting(self) -> str | None:
+        return self._waiting
+
+    def _wait_for_placement(self, timeout: float) -> None:
+        """Other jobs hold the slots the actors need: say how many are free (checked once a second), and refuse
+        after ``--cluster-wait`` s rather than wait on a cluster that may stay busy for hours."""
+        import ray
+
+        done, _ = ray.wait([self._placed], timeout=timeout)
+        if done:
+            self._placed = self._waiting = None
+            return
+        now = time.monotonic()
+        if self._waiting is not None and now - self._free_seen_at < 1.0:
+            return
+        self._free_seen_at = now
+        n, unit, free_now = self._plan.num_processes, self._unit, free(self._unit)
+        self._waiting = f"waiting for {n} {unit}s on the cluster, {free_now} free"
+        waited, bound = now - self._asked_at, self._plan.options.cluster_wait
+        if waited > bound:
+            raise NbdistUsageError(
+                f"--cluster {self._plan.options.cluster}: {n} {unit}(s) asked, {free_now} free after {bound:g} s "
+                f"(other jobs hold the rest); ask for at most {free_now} with -n, or wait longer with --cluster-wait"
+            )
 
     def _on_hello(self, ref: Any) -> Message:
         import ray
@@ -307,6 +345,8 @@ class RayActorGroup:
         self._actors.clear()
         self._streams.clear()
         self._closed = True
+        hold(self._unit, -self._held)  # the placement group is gone: its slots are no longer this kernel's
+        self._held = 0
         return []
 
     def close(self) -> None:
@@ -327,6 +367,23 @@ def _what_was_lost(rank: int, hello: WorkerStarted | None, exc: BaseException) -
     if node and alive:
         return f"worker {rank} died on node {node[:8]} ({first_line(exc)})"
     return f"node {node[:8] or '?'} lost (worker {rank})"
+
+
+def _put_pipeline(pipe: Any) -> Any:
+    """``ray.put`` of a pipeline object; one that cannot be pickled (it holds a lock, a file, a CUDA stream) is
+    said by what Ray could not pickle, not by Ray's first line (which starts the pipeline's whole repr)."""
+    import ray
+
+    try:
+        return ray.put(pipe)
+    except Exception as exc:
+        cause: BaseException = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        why = f"{type(cause).__name__}: {first_line(cause)}"
+        raise TypeError(
+            f"{type(pipe).__name__} cannot be sent to the cluster's nodes ({why}); give the model id or folder instead"
+        ) from exc
 
 
 def _init_files(call: Any) -> dict[str, bytes]:

@@ -11,25 +11,34 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...cluster_address import host_port
 from ...errors import NbdistUsageError
+from ..machine.gpus import GpuQuery
+from .gpu_kinds import cluster_gpus
 
-__all__ = ["ClusterFacts", "connect", "first_line", "leave"]
+__all__ = ["ClusterFacts", "connect", "first_line", "free", "hold", "leave"]
 
 REACH_TIMEOUT = 5.0  # seconds a TCP connect to the cluster's address may take
 _joined: str | None = None  # the address this kernel joined as a driver, None when it has not
+_held: dict[str, int] = {}  # GPUs / CPUs this kernel's own actors hold (reserved in their placement group)
 
 
 @dataclass(frozen=True)
 class ClusterFacts:
-    """What the cluster has in all: actors are one per GPU, or one per CPU on a cluster without GPUs."""
+    """What the cluster has in all, and free for this kernel (free now, or held by its own warm actors).
+
+    Actors are one per GPU, or one per CPU on a cluster without GPUs.
+    """
 
     address: str
     gpus: int
     cpus: int
     nodes: int
+    free_gpus: int = 0
+    free_cpus: int = 0
+    kinds: GpuQuery = field(default_factory=GpuQuery)  # the GPU kinds its nodes name, for the dtype rule
 
 
 def connect(address: str) -> ClusterFacts:
@@ -52,7 +61,21 @@ def connect(address: str) -> ClusterFacts:
             raise NbdistUsageError(f"--cluster {address}: no Ray cluster there ({first_line(exc)})") from None
     resources = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-    return ClusterFacts(address, int(resources.get("GPU", 0)), int(resources.get("CPU", 0)), nodes)
+    total = (int(resources.get("GPU", 0)), int(resources.get("CPU", 0)))
+    free_gpus, free_cpus = free("GPU") + _held.get("GPU", 0), free("CPU") + _held.get("CPU", 0)
+    return ClusterFacts(address, *total, nodes, free_gpus, free_cpus, cluster_gpus(resources))
+
+
+def free(unit: str) -> int:
+    """``GPU`` or ``CPU`` slots no one holds now (Ray's ``available_resources``)."""
+    import ray
+
+    return int(ray.available_resources().get(unit, 0))
+
+
+def hold(unit: str, count: int) -> None:
+    """This kernel's actors now hold ``count`` more (negative: fewer) ``unit`` slots: still theirs to reuse."""
+    _held[unit] = max(0, _held.get(unit, 0) + count)
 
 
 def _reachable(address: str, host: str, port: int) -> None:
@@ -81,3 +104,4 @@ def leave() -> None:
     if ray is not None and ray.is_initialized():
         ray.shutdown()
     _joined = None
+    _held.clear()

@@ -121,6 +121,11 @@ class Fanout:
         for obs in self.observers:
             self._call(obs, "on_tick")
 
+    def phase(self, text: str) -> None:
+        """What the run waits on before its workers can say anything (``on_phase``, where observers have it)."""
+        for obs in self.observers:
+            self._call(obs, "on_phase", text)
+
     def end(self, result: Any) -> None:
         """``on_end`` of every observer; one that fails does not keep the result from the others."""
         for obs in self.observers:
