@@ -63,3 +63,33 @@ def _no_warm_workers_between_modules() -> Iterator[None]:
     import nbdist
 
     nbdist.shutdown()
+
+
+# The fast tier (``pytest -m "not slow"``, for editing): tests that run in the test process within seconds.
+# Slow: a whole module of launcher, kernel, browser or cluster tests, or a test that starts a kernel
+# (the ``kernel`` fixture, ``Kernel(``), forks a run of workers (``generate(``) or runs a subprocess.
+SLOW_MODULES = {
+    "test_browser", "test_browser_explore", "test_cli", "test_colab", "test_cuda_build", "test_data_path",
+    "test_faults", "test_families", "test_first_run", "test_gpu_fork", "test_install", "test_newcomer",
+    "test_pool", "test_pool_faults", "test_ray", "test_stop",
+}  # fmt: skip
+SLOW_SIGNS = ("Kernel(", "generate(", "subprocess.", "torchrun", ".vary(", ".refine(")
+
+
+def _is_slow(item: pytest.Item) -> bool:
+    import inspect
+
+    module = getattr(item, "module", None)
+    if module is None or module.__name__ in SLOW_MODULES or "kernel" in getattr(item, "fixturenames", ()):
+        return module is not None
+    try:
+        source = inspect.getsource(item.function)  # type: ignore[attr-defined]
+    except (OSError, TypeError, AttributeError):
+        return False
+    return any(sign in source for sign in SLOW_SIGNS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") is None and _is_slow(item):
+            item.add_marker(pytest.mark.slow)
