@@ -69,11 +69,11 @@ def _no_warm_workers_between_modules() -> Iterator[None]:
 # Slow: a whole module of launcher, kernel, browser or cluster tests, or a test that starts a kernel
 # (the ``kernel`` fixture, ``Kernel(``), forks a run of workers (``generate(``) or runs a subprocess.
 SLOW_MODULES = {
-    "test_browser", "test_browser_explore", "test_cli", "test_colab", "test_cuda_build", "test_data_path",
+    "test_browser", "test_browser_explore", "test_colab", "test_cuda_build", "test_data_path",
     "test_faults", "test_families", "test_first_run", "test_gpu_fork", "test_install", "test_newcomer",
     "test_pool", "test_pool_faults", "test_ray", "test_stop",
 }  # fmt: skip
-SLOW_SIGNS = ("Kernel(", "generate(", "subprocess.", "torchrun", ".vary(", ".refine(")
+SLOW_SIGNS = ("Kernel(", "generate(", "subprocess.", "torchrun", "run(cmd", "run([", ".vary(", ".refine(")
 
 
 def _is_slow(item: pytest.Item) -> bool:

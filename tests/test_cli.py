@@ -202,20 +202,20 @@ def test_two_nodes_without_a_shared_folder(tiny_model, tiny_pipe, prompts_file, 
     assert sum("3 of 3 images" in text for text in outputs) == 1
 
 
-def test_cli_usage_errors_are_one_line(tiny_model, prompts_file, tmp_path) -> None:
+def test_cli_usage_errors_are_one_line(tiny_model, prompts_file, tmp_path, monkeypatch, capsys) -> None:
+    """In-process: ``main`` parses and checks everything before anything is loaded or started."""
+    from nbdist.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
     def fails(*args: str) -> str:
-        proc = subprocess.run(
-            [sys.executable, "-m", "nbdist", "generate", *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert "Traceback" not in proc.stderr
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", *args])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2, err
+        assert "Traceback" not in err, err
         assert not (tmp_path / "out").exists()
-        return proc.stderr
+        return err
 
     base = ["--model", tiny_model, "--out", str(tmp_path / "out")]
     assert "--prompts nope.txt: No such file or directory" in fails(*base, "--prompts", "nope.txt")
