@@ -158,18 +158,18 @@ def image_size(call: CallSettings) -> tuple[int, int]:
     return call.effective.get("height") or 512, call.effective.get("width") or 512
 
 
-def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> CallSettings:
-    """Effective settings for ``pipe`` with ``options``: user > model file > table > the class's default."""
-    files = model_files(model, getattr(options, "revision", None)) if pipe is None else None
-    shape = pipe if pipe is not None else files.pipeline_class() if files is not None else None
-    signature = call_parameters(shape)  # no pipeline here (--quantize, --device-map, --cluster): its class's
-    params = signature if signature is not None else {a: None for a in (*_ARGUMENT.values(), "negative_prompt")}
+def _choose(
+    options: GenerateOptions, params: dict[str, Any], model: str | None, size: dict[str, int | None]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """Each setting from the user, else the checkpoint table, else the class (its default, else its size).
+
+    Returns the call's keyword arguments (only what differs from the class), the effective values and
+    where each came from.
+    """
     chosen, source = recommended(model)
     kwargs: dict[str, Any] = {}
     effective: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    known = default_size(pipe) if pipe is not None else files.default_size() if files is not None else (None, None)
-    size = dict(zip(("height", "width"), known, strict=True))
     for name, argument in _ARGUMENT.items():
         user = getattr(options, name)
         if user is not None:
@@ -185,6 +185,17 @@ def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> Call
         effective[name] = value
         if argument in params:
             kwargs[argument] = value
+    return kwargs, effective, sources
+
+
+def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> CallSettings:
+    """Effective settings for ``pipe`` with ``options``: user > model file > table > the class's default."""
+    files = model_files(model, getattr(options, "revision", None)) if pipe is None else None
+    shape = pipe if pipe is not None else files.pipeline_class() if files is not None else None
+    signature = call_parameters(shape)  # no pipeline here (--quantize, --device-map, --cluster): its class's
+    params = signature if signature is not None else {a: None for a in (*_ARGUMENT.values(), "negative_prompt")}
+    known = default_size(pipe) if pipe is not None else files.default_size() if files is not None else (None, None)
+    kwargs, effective, sources = _choose(options, params, model, dict(zip(("height", "width"), known, strict=True)))
     kwargs.update(options.params)
     notes = _unused(shape, params, options) if signature is not None else []
     negative = options.negative if options.negative is not None and "negative_prompt" in params else None
