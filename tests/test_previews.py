@@ -204,11 +204,12 @@ def test_a_failing_preview_turns_previews_off_and_never_fails_the_image(capsys) 
     assert sent and {message.step for message in sent} >= {4}
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux"])
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd"])
 def test_previews_draw_the_clean_estimate_which_is_nearer_the_end(family: str) -> None:
     """Issue 31, item 2: previews drew the noisy sample x_t, coloured static on SDXL (sigma ~14.6) and noise
     on Flux until late. Now they draw the scheduler's x0 (Euler's ``pred_original_sample`` on the SDXL
-    shape, x_t - sigma * v for flow matching on the Flux shape). The same run_batch twice with the same
+    shape, x_t - sigma * v for flow matching on the Flux shape, the variance-preserving formula for SD 1.x's
+    PNDM, whose step gives none). The same run_batch twice with the same
     seed: with the worker's hook, and with the same hook handed over as a plain function, which does not
     watch the scheduler (x_t, as before). After 4 of 16 steps the x0 preview is nearer the last preview
     (these random-weight VAEs draw nothing to compare with). The images are the same: watching changes none."""

@@ -31,7 +31,7 @@ class CleanEstimate:
     """Watches one scheduler's steps and gives x0 after the latest, where the scheduler makes one known."""
 
     def __init__(self) -> None:
-        self._last: tuple[Any, Any, dict[str, Any]] | None = None  # the scheduler, its output, the step's arguments
+        self._last: tuple[Any, Any, inspect.Signature, tuple, dict] | None = None  # scheduler, output, step's call
 
     @contextmanager
     def watching(self, scheduler: Any) -> Iterator[None]:
@@ -44,7 +44,7 @@ class CleanEstimate:
 
         def step(*args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
             out = original(*args, return_dict=True, **kwargs)  # by name: the tuple's fields differ per scheduler
-            self._last = (scheduler, out, _arguments(parameters, args, kwargs))
+            self._last = (scheduler, out, parameters, args, kwargs)  # bound by name only when a preview asks
             if return_dict or not dataclasses.is_dataclass(out):
                 return out
             return tuple(getattr(out, field.name) for field in dataclasses.fields(out))  # what return_dict=False gives
@@ -63,11 +63,12 @@ class CleanEstimate:
         """x0 after the latest step (float32), or None where this scheduler gives no way to it."""
         if self._last is None:
             return None
-        scheduler, out, arguments = self._last
+        scheduler, out, parameters, args, kwargs = self._last
         for name in _OUTPUT_FIELDS:
             found = getattr(out, name, None)
             if found is not None:
                 return found.float()
+        arguments = _arguments(parameters, args, kwargs)
         model_output, timestep, sample = (arguments.get(k) for k in ("model_output", "timestep", "sample"))
         if model_output is None or sample is None or getattr(model_output, "shape", None) != sample.shape:
             return None
