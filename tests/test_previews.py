@@ -217,6 +217,7 @@ def test_previews_draw_the_clean_estimate_which_is_nearer_the_end(family: str) -
     x0, image = _previews(pipe, call, jobs, watch=True)
     x_t, same = _previews(pipe, call, jobs, watch=False)
     assert np.array_equal(np.asarray(image), np.asarray(same))
+    assert "step" not in vars(pipe.scheduler)  # the wrapper went with the call: the class's step again
     assert np.abs(x0[4] - x_t[8]).mean() < np.abs(x_t[4] - x_t[8]).mean()
 
 
