@@ -12,7 +12,6 @@ Loads that no run listens to are left alone.
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -41,41 +40,65 @@ def download_progress() -> Iterator[None]:
     from huggingface_hub import snapshot_download
 
     original = pipeline_utils.snapshot_download
-    pipeline_utils.snapshot_download = functools.partial(snapshot_download, tqdm_class=_bar_class(reporter))
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        total = _planned_bytes(snapshot_download, args, kwargs)
+        return snapshot_download(*args, **kwargs, tqdm_class=_bar_class(reporter, total))
+
+    pipeline_utils.snapshot_download = counted
     try:
         yield
     finally:
         pipeline_utils.snapshot_download = original
 
 
-def _bar_class(reporter: Callable[[str], None]) -> type:
-    """A tqdm that draws nothing; its byte bars report ``downloading the model: done of total``."""
+def _planned_bytes(download: Callable[..., Any], args: tuple, kwargs: dict) -> int | None:
+    """The bytes the download will fetch, from a dry run of it (the files' sizes, the cached ones left out).
+
+    Why ask first: snapshot_download's byte bar grows its total as each file starts, so during the
+    download it would say "0.3 of 0.3 GB" of a 7 GB model. The dry run asks the hub for each file's
+    size (metadata only). None if it fails: the real call then reports its own error.
+    """
+    try:
+        planned = download(*args, **kwargs, dry_run=True, tqdm_class=_bar_class(None, None))
+        return sum(entry.file_size or 0 for entry in planned if entry.will_download)
+    except Exception:
+        return None
+
+
+class _Silent:
+    """Where the bars draw: nowhere."""
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def _bar_class(reporter: Callable[[str], None] | None, total: int | None) -> type:
+    """A tqdm that draws nothing; its byte bars report ``downloading the model: done of total`` to ``reporter``."""
     from tqdm import tqdm
 
-    class _Silent:
-        def write(self, text: str) -> None:
-            pass
-
-        def flush(self) -> None:
-            pass
-
-    state = {"last": 0.0, "started": False}
+    state = {"last": 0.0, "started": False, "done": 0.0}
 
     class Bytes(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs.pop("name", None)
             super().__init__(*args, **{**kwargs, "file": _Silent(), "disable": False})
-            if self.unit == "B" and not state["started"]:  # made in the loading thread: the first report from it
-                state["started"] = True  # (a gallery shows itself then; the byte counts come from download threads)
-                reporter("downloading the model…")
+            if reporter is not None and self.unit == "B" and not state["started"]:
+                state["started"] = True  # made in the loading thread: a gallery shows itself from there
+                reporter("downloading the model…")  # (the byte counts come from the download threads)
 
         def update(self, n: float | None = 1) -> bool | None:
             shown = super().update(n)
-            if self.unit == "B" and self.total:  # the file-count bar aside
+            if reporter is not None and self.unit == "B":  # the file-count bar aside
+                state["done"] = done = max(state["done"], self.n)  # bytes written; the transfer bar counts fewer
+                whole = total or self.total or 0
                 now = time.monotonic()
-                if self.n >= self.total or now - state["last"] >= INTERVAL:
+                if whole and (done >= whole or now - state["last"] >= INTERVAL):
                     state["last"] = now
-                    reporter(f"downloading the model: {size_text(self.n, self.total)}")
+                    reporter(f"downloading the model: {size_text(min(done, whole), whole)}")
             return shown
 
     return Bytes

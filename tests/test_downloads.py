@@ -40,6 +40,8 @@ def test_a_hub_download_reports_its_bytes_as_a_phase(tmp_path: Path) -> None:
     assert name == "StableDiffusionPipeline" and reports[0] == "downloading the model…", done.stdout
     last = re.fullmatch(r"downloading the model: ([\d.]+) of ([\d.]+) MB", reports[-1])
     assert last is not None and last.group(1) == last.group(2), reports  # the last byte is reported
+    totals = {re.search(r" of ([\d.]+) MB", text).group(1) for text in reports[1:]}  # type: ignore[union-attr]
+    assert totals == {last.group(2)}, reports  # the whole size from the first report, not as files start
     weights = sum(p.stat().st_size for p in demo_model().rglob("*.safetensors"))
     assert float(last.group(2)) * 1e6 >= weights * 0.95, (reports, weights)
 
