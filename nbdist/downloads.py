@@ -12,6 +12,7 @@ Loads that no run listens to are left alone.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -81,6 +82,7 @@ def _bar_class(reporter: Callable[[str], None] | None, total: int | None) -> typ
     from tqdm import tqdm
 
     state = {"last": 0.0, "started": False, "done": 0.0}
+    lock = threading.Lock()
 
     class Bytes(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -93,12 +95,13 @@ def _bar_class(reporter: Callable[[str], None] | None, total: int | None) -> typ
         def update(self, n: float | None = 1) -> bool | None:
             shown = super().update(n)
             if reporter is not None and self.unit == "B":  # the file-count bar aside
-                state["done"] = done = max(state["done"], self.n)  # bytes written; the transfer bar counts fewer
-                whole = total or self.total or 0
-                now = time.monotonic()
-                if whole and (done >= whole or now - state["last"] >= INTERVAL):
-                    state["last"] = now
-                    reporter(f"downloading the model: {size_text(min(done, whole), whole)}")
+                with lock:  # several download threads update at once; the observers see one report at a time
+                    state["done"] = done = max(state["done"], self.n)  # bytes written; the transfer bar counts fewer
+                    whole = total or self.total or 0
+                    now = time.monotonic()
+                    if whole and (done >= whole or now - state["last"] >= INTERVAL):
+                        state["last"] = now
+                        reporter(f"downloading the model: {size_text(min(done, whole), whole)}")
             return shown
 
     return Bytes
