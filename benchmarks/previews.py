@@ -11,6 +11,16 @@ machine shared with other work the end-to-end times move by more than the previe
 column is the measure that does not.
 
     python benchmarks/previews.py [--models demo,cpu] [--prompts 12] [-n 2] [--repeat 3]
+    python benchmarks/previews.py --distance [--models demo,sdxl,flux] [--steps 16]
+
+``--distance`` measures what the previews show instead, in this process: after 25 % and 50 % of the
+steps, the mean absolute difference (0-255) from the preview (the ~96 px JPEG a worker sends) to the
+final image, drawing the scheduler's clean estimate x0 (what the workers draw) against the noisy sample
+x_t (what they drew before); the preview against the preview of the final latents (the linear map's
+own error left out: on the random-weight pipelines, whose VAE draws nothing, the one that means
+something); and a full VAE decode of each. x_t and x0 come from the same denoising run, so the
+baseline is measured alongside. ``sdxl``, ``flux`` (any of ``nbdist.tiny_families``)
+are the tiny random-weight pipelines of those shapes.
 
 ``cpu`` is the tiny random pipeline of that size (128 px, ~0.4 s steps; ``--cpu-steps``, default 4, as
 the other benchmarks); ``demo`` the shipped demo model (64 px, its own 15 fast steps); any other value is
@@ -20,6 +30,7 @@ a model folder or hub id.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -152,6 +163,167 @@ def table(name: str, found: dict[str, object], prompts: int) -> list[str]:
     return rows
 
 
+PROMPTS = (  # the demo model's kind of captions (nbdist.demo.data); the tiny random pipelines take any
+    "a red circle on a blue background",
+    "a yellow square on a black background",
+    "a large green triangle on a white background",
+    "a small purple circle on the left on a orange background",
+)
+
+
+def distance_model(name: str) -> str:
+    """``demo``, ``cpu``/``tiny``, a family of ``nbdist.tiny_families`` (its tiny pipeline), or a model as given."""
+    from nbdist.tiny_families import FAMILIES, ensure_family
+
+    return str(ensure_family(name)) if name in FAMILIES else model_of(name)
+
+
+def preview_distances(model: str, steps: int) -> dict[tuple[int, str, str], float]:
+    """(step, "x_t" or "x0", kind) -> mean absolute difference (0-255), over ``PROMPTS``; kinds in ``_distances``."""
+    from nbdist.call_settings import resolve_call
+    from nbdist.jobs import make_jobs
+    from nbdist.options import GenerateOptions
+    from nbdist.pipelines import load_pipeline
+    from nbdist.worker.generation import run_batch
+
+    pipe = load_pipeline(model, "float32")
+    pipe.set_progress_bar_config(disable=True)
+    call = resolve_call(pipe, model, GenerateOptions(steps=steps))
+    marks = (max(1, steps // 4), max(1, steps // 2), steps)
+    sums: dict[tuple[int, str, str], float] = {}
+    for seed, prompt in enumerate(PROMPTS):
+        jobs = make_jobs([prompt], 1, seed, {})
+        recorder = _recorder_class()(pipe, jobs, call, marks)
+        final = run_batch(pipe, jobs, call, preview=recorder)[0].image
+        for key, value in _distances(recorder, final, steps).items():
+            sums[key] = sums.get(key, 0.0) + value / len(PROMPTS)
+    return sums
+
+
+def _recorder_class() -> type:
+    """A ``PreviewHook`` that keeps x_t and x0 at the marked steps (imported late: the kernel benchmark needs none).
+
+    It is handed to ``run_batch`` as the workers' hook is, so the x0 it keeps is what a worker draws.
+    """
+    from nbdist.worker.previews import PreviewHook, Previews
+
+    class Recorder(PreviewHook):
+        def __init__(self, pipe: object, jobs: list, call: object, marks: tuple[int, ...]) -> None:
+            real = Previews().hook(pipe, 0, jobs, call, lambda message: None)
+            super().__init__(real._decode, real._send, real._indices, real._size, pipe)
+            self.marks, self.kept = marks, {}
+
+        def __call__(self, done: int, total: int, latents: object) -> None:
+            if done in self.marks:
+                flat = self._unpacked(latents.float().clone())
+                self.kept[done] = {"x_t": flat, "x0": self._unpacked(self._clean.latest().clone())}
+
+        def _unpacked(self, latents: object) -> object:
+            if latents.ndim == 3:  # Flux's packed tokens
+                return self._pipe._unpack_latents(latents, *self._size, self._pipe.vae_scale_factor)
+            return latents
+
+    return Recorder
+
+
+def _distances(recorder: object, final: object, steps: int) -> dict[tuple[int, str, str], float]:
+    """Per marked step and latents: the preview to the final image ("preview"), the preview to the preview of
+    the final latents ("map": the linear map's own error left out; what a random-weight VAE leaves to measure),
+    and a full VAE decode to the final image ("vae")."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from nbdist.worker.previews import jpegs
+
+    decode, vae = recorder._decode, recorder._pipe.vae
+    target = final.convert("RGB")
+    with torch.inference_mode():
+        last = decode(recorder.kept[steps]["x_t"])
+        found = {}
+        for (done, source), latents in ((k, v) for d, pair in recorder.kept.items() for k, v in _keyed(d, pair)):
+            shown = Image.open(io.BytesIO(jpegs(decode(latents))[0])).convert("RGB")
+            near = np.abs(np.asarray(shown, dtype=float) - np.asarray(target.resize(shown.size), dtype=float))
+            found[(done, source, "preview")] = float(near.mean())
+            found[(done, source, "map")] = float((decode(latents) - last).abs().mean() * 255)
+            raw = latents / vae.config.scaling_factor + float(getattr(vae.config, "shift_factor", None) or 0.0)
+            pixels = ((vae.decode(raw.to(vae.dtype)).sample[0].float() + 1) / 2).clamp(0, 1)
+            decoded = (pixels * 255).round().permute(1, 2, 0).numpy()
+            found[(done, source, "vae")] = float(np.abs(decoded - np.asarray(target, dtype=float)).mean())
+    return found
+
+
+def _keyed(done: int, pair: dict) -> list[tuple[tuple[int, str], object]]:
+    return [((done, source), latents) for source, latents in pair.items()]
+
+
+def step_costs(repeat: int = 200) -> list[str]:
+    """What watching the scheduler adds per step (the wrapper) and per preview (x0), in microseconds, one thread.
+
+    Latents of a 1024 px image: SDXL's (1, 4, 128, 128) with Euler and DPM-Solver++, Flux's packed
+    (1, 4096, 64) with flow matching. The step alone is the baseline, timed in the same loop.
+    """
+    import time
+
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+
+    from nbdist.worker.clean_estimate import CleanEstimate
+
+    torch.set_num_threads(1)
+    cases = [
+        (EulerDiscreteScheduler(), (1, 4, 128, 128)),
+        (DPMSolverMultistepScheduler(), (1, 4, 128, 128)),
+        (FlowMatchEulerDiscreteScheduler(), (1, 4096, 64)),
+    ]
+    rows = []
+    for scheduler, shape in cases:
+        sample, output = torch.randn(shape), torch.randn(shape)
+        spent: dict[object, list[float]] = {False: [], True: [], "x0": []}
+        for turn in range(6):  # alternating, the fastest of each: a loaded machine's noise left out
+            watched = turn % 2 == 1
+            scheduler.set_timesteps(repeat + 1)
+            estimate = CleanEstimate()
+            with estimate.watching(scheduler) if watched else contextlib.nullcontext():
+                start = time.perf_counter()
+                for t in scheduler.timesteps[:repeat]:
+                    scheduler.is_scale_input_called = True  # as a pipeline's scale_model_input sets it
+                    scheduler.step(output, t, sample, return_dict=False)
+                spent[watched].append((time.perf_counter() - start) / repeat)
+                start = time.perf_counter()
+                for _ in range(20):
+                    estimate.latest()
+                spent["x0"].append((time.perf_counter() - start) / 20) if watched else None
+        best = {key: 1e6 * min(values) for key, values in spent.items()}
+        name, shape_text = type(scheduler).__name__, "×".join(map(str, shape))
+        cells = [name, shape_text, f"{best[False]:.0f}", f"{best[True] - best[False]:+.0f}", f"{best['x0']:.0f}"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return ["| scheduler | latents | step µs | + wrapper µs/step | x0 µs/preview |", "|---|---|---|---|---|", *rows]
+
+
+def distance_table(names: list[str], steps: int) -> list[str]:
+    lines = [
+        f"{steps} steps, mean over {len(PROMPTS)} prompts (seeds 0-{len(PROMPTS) - 1}), float32 on the CPU; "
+        "mean absolute difference, 0-255; x_t: the noisy sample (before), x0: the clean estimate (now)",
+        "",
+        "| model | after step | preview to final image: x_t | x0 | x0 / x_t "
+        "| preview to preview of final latents: x_t | x0 | VAE decode to final image: x_t | x0 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        found = preview_distances(distance_model(name), steps)
+        for done in sorted({key[0] for key in found} - {steps}):
+            got = {(source, kind): value for (step, source, kind), value in found.items() if step == done}
+            ratio = got[("x0", "preview")] / got[("x_t", "preview")]
+            cells = [name, f"{done} of {steps}"]
+            cells += [f"{got[('x_t', 'preview')]:.1f}", f"{got[('x0', 'preview')]:.1f}", f"{ratio:.2f}"]
+            cells += [f"{got[(source, kind)]:.1f}" for kind in ("map", "vae") for source in ("x_t", "x0")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="demo,cpu")
@@ -159,7 +331,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-n", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cpu-steps", type=int, default=4, help="steps for the tiny pipelines (demo: its own 15)")
+    parser.add_argument("--distance", action="store_true", help="how far previews are from the final image")
+    parser.add_argument("--steps", type=int, default=16, help="--distance: steps of every model")
     args = parser.parse_args(argv)
+    if args.distance:
+        models = args.models if args.models != "demo,cpu" else "demo,sdxl,flux"
+        print("\n".join([*distance_table(models.split(","), args.steps), "", *step_costs()]), flush=True)
+        return
     lines = [
         f"{args.prompts} images, -n {args.n}, median of {args.repeat} interleaved warm cells (live gallery)",
         "",

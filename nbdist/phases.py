@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 
-__all__ = ["listening", "report", "reporting"]
+__all__ = ["current", "listening", "report", "reporting"]
 
 PhaseReporter = Callable[[str], None]
 
@@ -28,6 +28,11 @@ def report(text: str) -> None:
     reporter = _REPORTER.get()
     if reporter is not None:
         reporter(text)
+
+
+def current() -> PhaseReporter | None:
+    """This context's reporter, for work that reports from threads of its own (they start without it)."""
+    return _REPORTER.get()
 
 
 def listening() -> bool:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import phases, warm_imports
+from .downloads import download_progress
 from .options import NbdistUsageError
 
 __all__ = [
@@ -138,7 +139,7 @@ def load_pipeline(
         if quantization_config is not None:  # a PipelineQuantizationConfig, built in a worker (--quantize)
             kwargs["quantization_config"] = quantization_config
         try:
-            with component_progress(expanded if os.path.isdir(expanded) else model, revision):
+            with component_progress(expanded if os.path.isdir(expanded) else model, revision), download_progress():
                 return DiffusionPipeline.from_pretrained(expanded if os.path.isdir(expanded) else model, **kwargs)
         except Exception as exc:  # OSError, ValueError, or a transport error mid-download
             error = _load_error(model, exc, os.path.isdir(expanded), allow_pickle, variant, revision)
@@ -166,7 +167,10 @@ def locate(model: str, *, allow_pickle: bool = False, variant: str | None = None
                 DiffusionPipeline.load_config(expanded)  # no model_index.json: refused here, not after the eviction
                 return expanded
             safetensors = None if allow_pickle else True
-            folder = DiffusionPipeline.download(model, revision=revision, variant=variant, use_safetensors=safetensors)
+            with download_progress():
+                folder = DiffusionPipeline.download(
+                    model, revision=revision, variant=variant, use_safetensors=safetensors
+                )
             return str(folder)
         except Exception as exc:
             error = _load_error(model, exc, local, allow_pickle, variant, revision)

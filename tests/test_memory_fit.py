@@ -241,6 +241,32 @@ def test_host_memory_counts_the_kernel_copy_and_offload_copies() -> None:
     assert refusal(flux, Setting(quantize="nf4"), Machine(gpus2, 8 * GiB), **run) is None  # workers load it
 
 
+def test_torchao_counts_a_quantized_copy_per_worker_in_host_memory() -> None:
+    """Issue 31, item 5: each worker quantizes its copy with torchao on the CPU before moving it to its
+    GPU, all at once; the fit counted 0 host bytes for it (as for bitsandbytes, which quantizes on the
+    GPU), so this refusal was None before. Two workers of FLUX.1-schnell: ~2 x 16.9 GiB."""
+    flux = known_model("black-forest-labs/FLUX.1-schnell", "bfloat16")
+    assert flux is not None
+    run = {"workers": 2, "pixels": 1024**2, "batch": 1}
+    gpus2 = (24 * GiB, 24 * GiB)
+    assert refusal(flux, Setting(quantize="torchao-int8wo"), Machine(gpus2, 32 * GiB), **run) == (
+        "FLUX.1-schnell needs ~33.7 GiB of host memory (one per worker, each quantized on the CPU for --quantize "
+        "torchao-int8wo (2)), 32.0 GiB is available: add --quantize nf4 (instead of --quantize torchao-int8wo)"
+    )
+    assert refusal(flux, Setting(quantize="torchao-int8wo"), Machine(gpus2, 40 * GiB), **run) is None
+    assert refusal(flux, Setting(quantize="nf4"), Machine(gpus2, 8 * GiB), **run) is None  # on the GPU
+
+
+def test_fuse_lora_with_nf4_is_refused_before_anything_starts(tiny_model: str) -> None:
+    """Issue 31, item 5: peft warns that merging a LoRA into 4-bit weights, and out again, drifts by
+    rounding; --fuse-lora unfuses at every LoRA change. Refused in one line by the plan, which the magic,
+    the CLI and ``generate`` share (before: the run went on to the GPU check, and on a GPU to the workers)."""
+    with pytest.raises(NbdistUsageError) as info:
+        nbdist.generate(tiny_model, ["a dog"], quantize="nf4", fuse_lora=True)
+    assert str(info.value).startswith("--fuse-lora with --quantize nf4: merging a LoRA into 4-bit weights")
+    assert "\n" not in str(info.value) and multiprocessing.active_children() == []
+
+
 def test_device_map_places_whole_components() -> None:
     flux = known_model("black-forest-labs/FLUX.1-schnell", "bfloat16")
     assert flux is not None

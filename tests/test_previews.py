@@ -11,6 +11,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -201,3 +202,62 @@ def test_a_failing_preview_turns_previews_off_and_never_fails_the_image(capsys) 
     hook = Previews().hook(pipe, 0, jobs, call, sent.append)
     assert hook is not None and run_batch(pipe, jobs, call, preview=hook)[0].image is not None
     assert sent and {message.step for message in sent} >= {4}
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux", "sd"])
+def test_previews_draw_the_clean_estimate_which_is_nearer_the_end(family: str) -> None:
+    """Issue 31, item 2: previews drew the noisy sample x_t, coloured static on SDXL (sigma ~14.6) and noise
+    on Flux until late. Now they draw the scheduler's x0 (Euler's ``pred_original_sample`` on the SDXL
+    shape, x_t - sigma * v for flow matching on the Flux shape, the variance-preserving formula for SD 1.x's
+    PNDM, whose step gives none). The same run_batch twice with the same
+    seed: with the worker's hook, and with the same hook handed over as a plain function, which does not
+    watch the scheduler (x_t, as before). After 4 of 8 steps the x0 preview is nearer the last preview
+    (these random-weight VAEs draw nothing to compare with). The images are the same: watching changes none."""
+    pipe, call, jobs = _pipeline(family, steps=8)  # a preview every 4 steps: after 4 and 8
+    x0, image = _previews(pipe, call, jobs, watch=True)
+    x_t, same = _previews(pipe, call, jobs, watch=False)
+    assert np.array_equal(np.asarray(image), np.asarray(same))
+    assert "step" not in vars(pipe.scheduler)  # the wrapper went with the call: the class's step again
+    assert np.abs(x0[4] - x_t[8]).mean() < np.abs(x_t[4] - x_t[8]).mean()
+
+
+def test_demo_previews_after_a_quarter_of_the_steps_meet_the_issue_target() -> None:
+    """Issue 31, item 2, on the demo model (DPM-Solver++, v-prediction): after 4 of 16 steps the preview
+    of x_t was 61.3 (0-255, mean absolute difference) from the final image for this prompt and seed (so
+    this test failed before); the target is 0.6 of that. x0 here is DPM-Solver++'s converted output."""
+    pipe, call, jobs = _pipeline("demo")
+    shown, image = _previews(pipe, call, jobs, watch=True)
+    final = np.asarray(image.convert("RGB").resize((96, 96)), dtype=float)
+    assert np.abs(shown[4] - final).mean() <= 0.6 * 61.3
+
+
+def _pipeline(family: str, steps: int = 16) -> tuple:
+    """A real pipeline (the demo model, or a tiny family's at 32 px), its call of ``steps`` and one job."""
+    from nbdist import demo_model
+    from nbdist.call_settings import resolve_call
+    from nbdist.jobs import make_jobs
+    from nbdist.options import GenerateOptions
+    from nbdist.pipelines import load_pipeline
+    from nbdist.tiny_families import ensure_family
+
+    model = str(demo_model() if family == "demo" else ensure_family(family))
+    pipe = load_pipeline(model, "float32")
+    pipe.set_progress_bar_config(disable=True)
+    size = {} if family == "demo" else {"height": 32, "width": 32}
+    call = resolve_call(pipe, model, GenerateOptions(steps=steps, **size))
+    return pipe, call, make_jobs(["a red circle on a blue background"], 1, 0, {})
+
+
+def _previews(pipe: object, call: object, jobs: list, watch: bool) -> tuple[dict[int, np.ndarray], Image.Image]:
+    """The previews by step and the image of one run_batch; ``watch`` False hands the hook over as a plain function."""
+    from nbdist.worker.generation import run_batch
+    from nbdist.worker.previews import Previews
+
+    shown: dict[int, np.ndarray] = {}
+    hook = Previews().hook(pipe, 0, jobs, call, lambda message: shown.setdefault(message.step, _pixels(message.jpeg)))
+    made = run_batch(pipe, jobs, call, preview=hook if watch else lambda *step: hook(*step))
+    return shown, made[0].image
+
+
+def _pixels(jpeg: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=float)

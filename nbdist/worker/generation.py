@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from ..jobs import ImageJob
 from ..sweep import job_call
 from .decode_retry import retrying_decode
 from .img2img import img2img_call
+from .previews import PreviewHook
 from .prompt_weights import needs_compel, prompt_embeddings
 from .variations import blended_latents
 
@@ -118,7 +120,9 @@ def run_batch(
         if needs_compel(pipe, prompts, negative, call.prompt_syntax):  # (word:1.3) or past 77 tokens
             kwargs.pop("negative_prompt", None)
             text = prompt_embeddings(pipe, prompts, negative)
-        with retrying_decode(target):  # a decode out of memory: again one image at a time, no second denoise
+        scheduler = getattr(target, "scheduler", None)
+        clean = preview.watching(scheduler) if isinstance(preview, PreviewHook) else nullcontext()
+        with clean, retrying_decode(target):  # a decode out of memory: again one image at a time, no second denoise
             out = target(generator=generators, output_type="pt", **text, **kwargs)
     return to_images(out, len(jobs))
 

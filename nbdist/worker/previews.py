@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from ..call_settings import default_size
 from ..jobs import ImageJob
 from ..messages import StepPreview
 from ..preview_choice import PreviewChoice, parse_preview, published_taesd, vae_family_key
+from .clean_estimate import CleanEstimate
 
 __all__ = ["KNOWN_FACTORS", "LinearMap", "PreviewHook", "Previews", "fit_linear_map", "linear_map"]
 
@@ -223,7 +225,9 @@ class PreviewHook:
     """Given the latents after each step, makes a preview of every image in the batch when one is due.
 
     Due: every ``EVERY`` steps, the last step, and any step ``INTERVAL`` seconds after the last preview
-    (so slow steps each get one, and a fast GPU's stream stays bounded).
+    (so slow steps each get one, and a fast GPU's stream stays bounded). What it draws is the
+    scheduler's estimate of the clean image (x0) while ``watching`` the pipeline's scheduler, as
+    ComfyUI does; the noisy latents only where the scheduler gives no estimate.
     """
 
     def __init__(
@@ -239,6 +243,11 @@ class PreviewHook:
         self._size, self._pipe, self._off = size, pipe, off
         self._last = time.monotonic()
         self._failed = False
+        self._clean = CleanEstimate()
+
+    def watching(self, scheduler: Any) -> AbstractContextManager[None]:
+        """For one pipeline call: previews draw ``scheduler``'s x0 rather than the noisy sample."""
+        return self._clean.watching(scheduler)
 
     def __call__(self, done: int, total: int, latents: Any) -> None:
         """Draw the latents when a preview is due; one that fails turns previews off, never fails the image."""
@@ -254,6 +263,9 @@ class PreviewHook:
                 self._off(exc)
 
     def _draw(self, done: int, total: int, latents: Any) -> None:
+        clean = self._clean.latest()
+        if clean is not None and clean.shape == latents.shape:
+            latents = clean
         if latents.ndim == 3 and hasattr(self._pipe, "_unpack_latents"):  # Flux packs 2x2 patches into tokens
             height, width = self._size
             latents = self._pipe._unpack_latents(latents, height, width, self._pipe.vae_scale_factor)

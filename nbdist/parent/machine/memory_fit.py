@@ -49,6 +49,7 @@ DECODE_WORKING = 3 * GB // 2  # the VAE decode of one 1024x1024 image: its activ
 LARGEST_LAYER = 1 * GB  # what sequential offload holds on the GPU at once (one block, roughly)
 TILE_PIXELS = 512 * 512  # --vae-tiling decodes tiles of about this size, so its decode memory stops growing
 _DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+CPU_QUANTIZED = ("torchao-int8wo",)  # quantized by each worker on the CPU as it loads, then moved to its GPU
 _ONE_MEGAPIXEL = 1024 * 1024
 
 
@@ -147,14 +148,25 @@ def gpu_need(model: ModelSize, setting: Setting, pixels: int, batch: int) -> int
 
 def host_need(model: ModelSize, setting: Setting, workers: int) -> int:
     """Host bytes the run adds: the kernel's CPU copy (unless quantized or device-mapped: the workers load
-    those straight to their GPUs, or already there), and with ``--offload model`` one more copy per worker
-    (each component moved back from the GPU lands in that worker's own memory, no longer shared by fork).
-    ``--offload sequential`` keeps reading the kernel's copy, shared."""
-    kernel_loads = not (model.in_kernel or setting.quantize or setting.device_map)
-    need = model.total if kernel_loads else 0
-    if setting.offload == "model":
+    those themselves, or already there), and one more copy per worker with ``--offload model`` (each
+    component moved back from the GPU lands in that worker's own memory, no longer shared by fork) or
+    with a quantization done on the CPU (``CPU_QUANTIZED``: each worker loads and quantizes its copy in
+    host memory, all at once, before moving it to its GPU; the loader's buffers come on top).
+    ``--offload sequential`` keeps reading the kernel's copy, shared; bitsandbytes quantizes on the GPU."""
+    need = model.total if _kernel_loads(model, setting) else 0
+    if setting.offload == "model" or _quantized_on_cpu(setting):
         need += workers * sum(model.sizes(setting.quantize).values())
     return need
+
+
+def _kernel_loads(model: ModelSize, setting: Setting) -> bool:
+    """Whether the kernel loads a CPU copy that the workers inherit (not one it holds already)."""
+    return not (model.in_kernel or setting.quantize or setting.device_map)
+
+
+def _quantized_on_cpu(setting: Setting) -> bool:
+    """Whether each worker quantizes its own copy in host memory (not with --device-map: loaded onto the GPUs)."""
+    return setting.quantize in CPU_QUANTIZED and setting.device_map is None
 
 
 def _device_map_shortfall(model: ModelSize, setting: Setting, machine: Machine, pixels: int, batch: int) -> Any:
@@ -236,9 +248,12 @@ def _describe(model: ModelSize, user: Setting, machine: Machine, lack: Shortfall
     """The first half of the refusal: what is needed, what there is."""
     have = "free" if machine.free else "in all"
     if lack.where == "host":
-        why = "the kernel's copy" if host_need(model, replace(user, offload=None), workers) else ""
+        parts = ["the kernel's copy"] if _kernel_loads(model, user) else []
         if user.offload == "model":
-            why = (why + " and " if why else "") + f"one per worker with --offload model ({workers})"
+            parts.append(f"one per worker with --offload model ({workers})")
+        elif _quantized_on_cpu(user):
+            parts.append(f"one per worker, each quantized on the CPU for --quantize {user.quantize} ({workers})")
+        why = " and ".join(parts)
         return f"{model.name} needs ~{_gib(lack.need)} GiB of host memory ({why}), {_gib(lack.have)} GiB is available"
     if lack.where == "gpus":
         return (

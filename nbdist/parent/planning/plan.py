@@ -227,6 +227,11 @@ def _check_loras(options: GenerateOptions) -> GenerateOptions:
     lora_sources(check_lora_sweep(options.loras, options.sweep), options.allow_pickle)
     if options.fuse_lora and any(is_lora_axis(name) for name in options.sweep):
         raise NbdistUsageError("--fuse-lora with a LoRA sweep would fuse and unfuse for every image; leave it out")
+    if options.fuse_lora and options.quantize == "nf4":
+        raise NbdistUsageError(
+            "--fuse-lora with --quantize nf4: merging a LoRA into 4-bit weights and out again drifts (peft warns "
+            "of rounding errors), so later images would change; leave out --fuse-lora (the LoRA runs unfused)"
+        )
     return options
 
 
