@@ -68,6 +68,9 @@ def _explore(page, url: str) -> None:
     expect(panels).to_have_count(1, timeout=60_000)
     first_panel = panels.nth(0).locator(".nbdist-gallery").first
     expect(first_panel.locator(".nbdist-tile[data-status='done']")).to_have_count(8, timeout=240_000)
+    columns = first_panel.locator(".nbdist-col-label")  # each column says which variation, uncut
+    assert columns.all_inner_texts() == [f"variation {v}" for v in range(1, 9)]
+    assert columns.evaluate_all("ls => ls.filter(l => l.scrollWidth > l.clientWidth).length") == 0
 
     # Refine: a new prompt at strength 0.5, a second panel.
     viewer.locator(".nbdist-refine-prompt").fill("a green circle on a blue background")

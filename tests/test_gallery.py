@@ -413,6 +413,20 @@ def test_a_sweep_is_laid_out_as_labelled_grids_in_the_widget() -> None:
     assert _gallery(Clock()).widget.grids == []  # no sweep: tiles flow in prompt order
 
 
+def test_more_like_this_columns_say_which_variation_in_a_few_characters() -> None:
+    """Issue 30 item 5d: the 8 "More like this" columns all read "variation_seed..." once cut to a column.
+
+    Each column is captioned with what differs, short enough for the narrowest column (120 px).
+    """
+    axes: dict[str, list[object]] = {"variation_seed": list(range(1, 9))}
+    opts = GenerateOptions(seed=0, sweep=axes, variation_strength=0.2)
+    jobs = make_jobs(PROMPTS[:1], 1, 0, sweep=axes)
+    gallery = _gallery(Clock(), RunInfo(jobs, opts, "tiny-model", 0, 2, "cpu", 64, 64))
+    columns = gallery.widget.grids[0]["columns"]
+    assert columns == [f"variation {v}" for v in range(1, 9)]
+    assert gallery.widget.tiles[2].meta.startswith("variation 3 · #2")
+
+
 # -- issue 18: stopped runs, queued runs, background static copies, downloads, sweep captions --------
 
 
