@@ -13,7 +13,7 @@ from typing import Any
 from .loras import is_lora_axis, lora_label
 from .options import NbdistUsageError
 
-__all__ = ["BUILTIN_AXES", "MAX_AXES", "axis_label", "job_call", "parse_sweep", "value_label"]
+__all__ = ["BUILTIN_AXES", "MAX_AXES", "SHORT_AXES", "axis_label", "job_call", "parse_sweep", "value_label"]
 
 BUILTIN_AXES = ("seed", "steps", "guidance", "size", "negative", "scheduler", "variation_seed", "variation_strength")
 MAX_AXES = 3
@@ -107,8 +107,15 @@ def value_label(name: str, value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# Axes whose names would fill a narrow column label before their value shows ("More like this" is eight
+# columns of variation_seed): captioned with a short word and the value instead.
+SHORT_AXES = {"variation_seed": "variation", "variation_strength": "strength"}
+
+
 def axis_label(name: str, value: Any) -> str:
-    return f"{name}={value_label(name, value)}"
+    """A column, row or heading label, and the caption of a swept value: ``guidance=7.5``, ``variation 3``."""
+    short = SHORT_AXES.get(name)
+    return f"{short} {value_label(name, value)}" if short else f"{name}={value_label(name, value)}"
 
 
 def job_call(call: Any, params: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None, int]:

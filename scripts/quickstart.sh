@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh notebook
 .venv/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=600 \
   --output quickstart.html notebooks/quickstart.ipynb
-echo "Open notebooks/quickstart.html in a browser, or run: .venv/bin/jupyter lab notebooks/quickstart.ipynb"
+echo "Open notebooks/quickstart.html in a browser, or run: scripts/lab.sh (JupyterLab on a copy of the notebook)"

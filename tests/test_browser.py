@@ -16,7 +16,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -63,16 +62,21 @@ def _free_port() -> int:
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[str]:
-    """A JupyterLab server on 127.0.0.1 with a token, serving a temp folder with the quickstart in it."""
+    """A JupyterLab server on 127.0.0.1 with a token, serving a temp folder with the quickstart in it.
+
+    Started as the README says, with scripts/lab.sh (issue 30 items 5g, 5h): it copies the quickstart into
+    the folder it serves (``NBDIST_NOTEBOOKS``), so the tracked notebook is never the one run, and adds
+    ``--allow-root`` when the tests run as root, as CI does.
+    """
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     root = tmp_path / "notebooks"
-    root.mkdir()
-    shutil.copy(ROOT / "notebooks" / "quickstart.ipynb", root / "quickstart.ipynb")
     token, port = secrets.token_hex(16), _free_port()
     home = tmp_path / "jupyter"
     env = dict(
         os.environ,
+        NBDIST_JUPYTER=str(Path(sys.executable).with_name("jupyter")),
+        NBDIST_NOTEBOOKS=str(root),
         JUPYTER_CONFIG_DIR=str(home / "config"),
         JUPYTER_RUNTIME_DIR=str(home / "runtime"),
         JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
@@ -90,18 +94,15 @@ def lab(tmp_path: Path) -> Iterator[str]:
     log = (tmp_path / "lab.log").open("w")
     server = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "jupyterlab",
+            str(ROOT / "scripts" / "lab.sh"),
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
             f"--ServerApp.port={port}",
             "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={token}",
             f"--ServerApp.root_dir={root}",
-            *(["--allow-root"] if os.geteuid() == 0 else []),
         ],
-        cwd=root,
+        cwd=tmp_path,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -299,7 +300,8 @@ def _run_quickstart(page, lab: str) -> None:
     tiles.nth(3).click()
     viewer = gallery.locator(".nbdist-viewer")
     expect(viewer).to_be_visible()
-    expect(viewer.locator(".nbdist-viewer-note")).to_contain_text("full size", timeout=30_000)
+    # answered once the kernel is free: after this cell and the next (Run All queued it before the request)
+    expect(viewer.locator(".nbdist-viewer-note")).to_contain_text("full size", timeout=90_000)
     expect(viewer.locator(".nbdist-viewer-title")).to_contain_text("a yellow square")
     natural = viewer.locator(".nbdist-viewer-img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
     assert natural == [64, 64]
@@ -604,6 +606,19 @@ for j in jobs:
     gallery.on_message(ImageReady(j.index, 0, "cpu", 0.01, "RGB", (64, 64), None, thumb, path=f"{j.index}.png"))
 gallery.flush()
 """
+_PAST_THE_CAPS = """
+import os
+os.environ.pop("NBDIST_SAVE_DIR", None)  # runs in nbdist-runs/ next to the notebook, as a user's are
+import nbdist
+import nbdist.notebook.gallery as live
+import nbdist.parent.output.static_html as static
+from nbdist import demo_model
+live.INLINE_CAP = 0  # every thumbnail travels as a message, as past the 240th of a big run
+static.INLINE_CAP = 1  # the static copy inlines one and links the rest, as past the 240th
+model = str(demo_model())
+"""
+SHAPES_CELL = "%%distgen --model {model} -n 1 --seed 0 --steps 30\n" + "\n".join(SHAPES)
+_GENERATE_CELL = f"nbdist.generate(model, {SHAPES!r}, seed=0, num_processes=1)"
 _PICTURES = """() => [...document.querySelectorAll(".nbdist-tile")].filter((f) => f.querySelector("img[src]"))
   .map((f) => Number(f.dataset.index))"""
 
@@ -619,6 +634,10 @@ def test_a_long_gallery_draws_only_the_tiles_in_view(lab: str, tmp_path: Path) -
 
     notebook = nbformat.v4.new_notebook(metadata=nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", 4).metadata)
     notebook.cells = [nbformat.v4.new_code_cell(_MANY_SETUP), nbformat.v4.new_code_cell(_MANY_IMAGES)]
+    caps = nbformat.v4.new_notebook(metadata=notebook.metadata)
+    caps_cells = ("%load_ext nbdist", _PAST_THE_CAPS, SHAPES_CELL, _GENERATE_CELL)
+    caps.cells = [nbformat.v4.new_code_cell(c) for c in caps_cells]
+    nbformat.write(caps, tmp_path / "notebooks" / "caps.ipynb")
     nbformat.write(notebook, tmp_path / "notebooks" / "many.ipynb")
     with _browser_page("many-tiles") as page:
         traffic = _open_ready_notebook(page, lab.replace("quickstart.ipynb", "many.ipynb"))
@@ -641,3 +660,67 @@ def test_a_long_gallery_draws_only_the_tiles_in_view(lab: str, tmp_path: Path) -
         assert 0 not in later and len(later) < 300 and min(later) > 1000, later
         assert last.locator("img").get_attribute("src").startswith("blob:")
         page.screenshot(path=str(ARTIFACTS / "many-tiles.png"))
+    with _browser_page("past-the-caps") as page:  # the same server, a notebook and kernel of its own
+        _open_ready_notebook(page, lab.replace("quickstart.ipynb", "caps.ipynb") + "&reset")  # only it open
+        panel = page.locator(".jp-NotebookPanel").filter(has=page.get_by_text("INLINE_CAP = 0"))
+        cells = panel.locator(".jp-CodeCell")
+        _run_all(page)  # past the caps (_PAST_THE_CAPS), then a %%distgen cell and an nbdist.generate cell
+        _viewer_opened_while_queued(page, cells.nth(2))
+        _more_images_link(page, cells.nth(3), lab)
+
+
+def _viewer_opened_while_queued(page, cell) -> None:
+    """Issue 30 item 5b: a tile opened while queued kept "preview; loading the full-size image…" and a
+    disabled Download after the run (its thumbnail came as a message, past the cap, and no request for
+    the full size followed). The open viewer must show the full size once the run is over."""
+    from playwright.sync_api import expect
+
+    last = cell.locator(".nbdist-gallery .nbdist-tile").nth(2)  # one worker: the last image waits its turn
+    expect(last).to_have_attribute("data-status", "queued", timeout=120_000)
+    last.click()
+    viewer = cell.locator(".nbdist-viewer")
+    expect(viewer).to_be_visible()
+    expect(viewer.locator(".nbdist-viewer-note")).to_have_text("not generated yet")  # opened while queued
+    expect(cell.locator(".jp-InputArea-prompt")).to_contain_text("[3]", timeout=180_000)
+    # answered once the kernel is free: after this cell and the next (Run All queued it before the request)
+    expect(viewer.locator(".nbdist-viewer-note")).to_contain_text("full size", timeout=90_000)
+    expect(viewer.locator(".nbdist-download")).not_to_have_class(re.compile("nbdist-disabled"))
+    assert viewer.locator(".nbdist-download").get_attribute("download") == "nbdist-0002-seed2.png"
+
+
+def _more_images_link(page, cell, lab: str) -> None:
+    """Issue 30 item 5a: "N more images: all of them in …/index.html" opened JupyterLab's HTML viewer with
+    every image broken (sandboxed: its requests for the PNGs came back as the login page), and so did a
+    new tab. The page inlines its thumbnails: both show every image."""
+    from playwright.sync_api import expect
+
+    more = cell.locator(".nbdist-more a")  # nbdist.generate as the cell's value: its static copy, capped
+    expect(more).to_be_visible(timeout=180_000)
+    expect(cell.locator(".nbdist-more")).to_contain_text("2 more images")
+    href = more.get_attribute("href")  # JupyterLab makes the relative link its download URL
+    assert re.search(r"/files/nbdist-runs/[^/]+/index\.html", href), href
+    more.click()  # JupyterLab opens it in its HTML viewer
+    frame = page.frame_locator(".jp-HTMLViewer iframe")
+    expect(frame.locator("img")).to_have_count(3, timeout=60_000)
+    _all_images_shown(frame.locator("img"))
+    page.screenshot(path=str(ARTIFACTS / "more-images-viewer.png"))
+    tab = page.context.browser.new_page()  # the same file in a tab of its own, as the server serves it
+    try:
+        tab.goto(f"{href}&token={lab.split('token=')[1]}")
+        _all_images_shown(tab.locator("img"))
+    finally:
+        tab.close()
+
+
+def _all_images_shown(images) -> None:
+    """Every image of the page decoded to a picture (a broken one has no natural width)."""
+    from playwright.sync_api import expect
+
+    expect(images.first).to_be_attached(timeout=30_000)
+    deadline = time.monotonic() + 30
+    while True:
+        sizes = images.evaluate_all("is => is.map(i => i.complete ? i.naturalWidth : -1)")
+        if sizes and all(w > 0 for w in sizes):
+            return
+        assert time.monotonic() < deadline and -1 in sizes, f"broken images (natural widths {sizes})"
+        time.sleep(0.2)  # polls the images' load state, an observed condition

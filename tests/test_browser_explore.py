@@ -68,6 +68,10 @@ def _explore(page, url: str) -> None:
     expect(panels).to_have_count(1, timeout=60_000)
     first_panel = panels.nth(0).locator(".nbdist-gallery").first
     expect(first_panel.locator(".nbdist-tile[data-status='done']")).to_have_count(8, timeout=240_000)
+    columns = first_panel.locator(".nbdist-col-label")  # each column says which variation, uncut
+    labels = columns.all_inner_texts()
+    assert len(labels) == 8 and all(re.fullmatch(r"variation \d{1,4}", label) for label in labels), labels
+    assert columns.evaluate_all("ls => ls.filter(l => l.scrollWidth > l.clientWidth).length") == 0
 
     # Refine: a new prompt at strength 0.5, a second panel.
     viewer.locator(".nbdist-refine-prompt").fill("a green circle on a blue background")

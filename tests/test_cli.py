@@ -106,7 +106,7 @@ def check_folder(out: Path, pipe, seed: int, k: int = 1) -> list[dict]:
 
     page = (out / "index.html").read_text(encoding="utf-8")
     assert page.startswith("<!doctype html>")
-    linked = re.findall(r'<img src="([^"]+)"', page)
+    linked = re.findall(r'<a href="([^"]+)"><img src="', page)
     assert linked == names  # every image once, in prompt order
     assert f"{len(jobs)} of {len(jobs)} images" in page
     return entries
@@ -120,6 +120,8 @@ def test_plain_cli_forks_its_own_workers(tiny_model, tiny_pipe, prompts_file, tm
     assert "3 of 3 images" in proc.stderr and "seed 10" in proc.stderr
     assert "[3/3]" in proc.stderr  # progress lines (stderr is not a tty here)
     assert "\r" not in proc.stderr
+    # each image's thumbnail inline, so the page shows them where the PNGs cannot be fetched (issue 30 item 5a)
+    assert (out / "index.html").read_text(encoding="utf-8").count('<img src="data:image/jpeg;base64,') == 3
 
 
 def test_cli_under_torchrun_uses_the_given_processes(tiny_model, tiny_pipe, prompts_file, tmp_path) -> None:

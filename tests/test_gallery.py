@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from nbdist.jobs import make_jobs
-from nbdist.messages import ImageFailed, ImageReady, StepProgress, WorkerFinished, WorkerStarted
+from nbdist.messages import ImageFailed, ImageReady, StepPreview, StepProgress, WorkerFinished, WorkerStarted
 from nbdist.notebook.gallery import WIDGET_VIEW_MIMETYPE, Gallery
 from nbdist.notebook.gallery_state import format_seconds
 from nbdist.options import GenerateOptions
@@ -413,6 +413,20 @@ def test_a_sweep_is_laid_out_as_labelled_grids_in_the_widget() -> None:
     assert _gallery(Clock()).widget.grids == []  # no sweep: tiles flow in prompt order
 
 
+def test_more_like_this_columns_say_which_variation_in_a_few_characters() -> None:
+    """Issue 30 item 5d: the 8 "More like this" columns all read "variation_seed..." once cut to a column.
+
+    Each column is captioned with what differs, short enough for the narrowest column (120 px).
+    """
+    axes: dict[str, list[object]] = {"variation_seed": list(range(1, 9))}
+    opts = GenerateOptions(seed=0, sweep=axes, variation_strength=0.2)
+    jobs = make_jobs(PROMPTS[:1], 1, 0, sweep=axes)
+    gallery = _gallery(Clock(), RunInfo(jobs, opts, "tiny-model", 0, 2, "cpu", 64, 64))
+    columns = gallery.widget.grids[0]["columns"]
+    assert columns == [f"variation {v}" for v in range(1, 9)]
+    assert gallery.widget.tiles[2].meta.startswith("variation 3 · #2")
+
+
 # -- issue 18: stopped runs, queued runs, background static copies, downloads, sweep captions --------
 
 
@@ -440,6 +454,25 @@ def test_stop_says_stopped_on_unfinished_tiles_and_busy_workers() -> None:
     assert widget.header["workers"] == ["worker 0 · cpu · 2/2 images · done", "worker 1 · cpu · 1/4 images · stopped"]
     assert gallery.static_html(result).count("not generated (stopped)") == 3
     assert "queued" not in gallery.static_html(result)
+
+
+def test_a_stopped_tile_drops_its_live_preview() -> None:
+    """Issue 30 item 5c: a tile stopped mid-denoise showed its noisy preview under "not generated (stopped)".
+
+    The preview was of an image that never came: once the run is over the tile holds no picture at all.
+    """
+    clock = Clock()
+    run = _run(k=1)
+    gallery = _gallery(clock, run)
+    gallery.on_message(WorkerStarted(0, "cpu", 1, 3, 1))
+    gallery.on_message(StepPreview(1, 0, 2, 4, thumbnail_jpeg(Image.new("RGB", (24, 16), (9, 9, 9)), 96)))
+    gallery.flush()
+    assert gallery.widget.tiles[1].preview  # forming, as the live tile shows it
+    result = _result(gallery, run, [])
+    result.interrupted = True
+    gallery.on_end(result)
+    tile = gallery.widget.tiles[1]
+    assert tile.label == "not generated (stopped)" and tile.preview == b"" and tile.thumbnail == b""
 
 
 def test_a_run_that_lost_images_without_a_stop_says_not_generated() -> None:

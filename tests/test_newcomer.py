@@ -8,6 +8,7 @@ terminal IPython reported once.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -27,7 +28,7 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kernel]:
     """One kernel for the module, in a folder holding an (empty) ``demo`` folder: bare ``demo`` must ignore it."""
     cwd = tmp_path_factory.mktemp("newcomer")
     (cwd / "demo").mkdir()
-    with Kernel(cwd=str(cwd), env=OFFLINE) as k:
+    with Kernel(cwd=str(cwd), env={**os.environ, **OFFLINE}) as k:  # env replaces the environment: keep it
         assert k.execute("%load_ext nbdist").error is None
         yield k
 
@@ -141,6 +142,21 @@ def test_generate_in_a_notebook_shows_its_progress(newcomer: Kernel) -> None:
     assert any(re.match(r"nbdist: \d+ of 12 images, [\d.]+ s, 1 worker on cpu", t) for t in texts[:-1]), texts
     assert shown[0].at < ex.wall - 1  # shown while it ran, not only at the end
     assert "\r" not in ex.stream() and "images" not in ex.stream(), ex.stream()  # no progress pile in the cell
+
+
+def test_generate_as_the_cells_value_says_its_summary_once(newcomer: Kernel) -> None:
+    """Issue 30 item 5e: ``nbdist.generate(...)`` as a cell's value showed its summary twice: the status
+    line's last text and the heading of the static gallery under it. Where the gallery follows, the status
+    line goes; where it does not (``r = nbdist.generate(...)``, above), the line keeps the summary."""
+    ex = newcomer.execute(f"import nbdist\nnbdist.generate('demo', [{RED!r}] * 2, num_processes=1, seed=0)")
+    assert ex.error is None, ex.error
+    final: dict[str, str] = {}  # what each output shows once the cell is done: a display's last update wins
+    for m in ex.of_type("display_data", "update_display_data", "execute_result"):
+        key = m.content.get("transient", {}).get("display_id") or f"out-{len(final)}"
+        final[key] = m.content["data"].get("text/html") or m.content["data"].get("text/plain", "")
+    summary = re.search(r"2 of 2 images in [\d.]+ s", "".join(final.values()))
+    assert summary, final
+    assert sum(summary.group(0) in text for text in final.values()) == 1, final
 
 
 def test_ctrl_c_in_terminal_ipython_reports_once(tmp_path: Path) -> None:

@@ -222,13 +222,14 @@ class GalleryState:
 
         An unfinished tile says it was not generated, and why when the run was stopped (Stop, an
         interrupt, ``cancel()``), so a tile never claims to wait for work that will not come. A worker
-        that had not finished its share when the run was stopped says "stopped", not "done".
+        that had not finished its share when the run was stopped says "stopped", not "done". Its live
+        preview goes too: the picture of an image that never came is noise under "not generated".
         """
         self.summary = summary
         self.queued_behind = 0
         for tile in self.tiles:
             if tile.status in ("queued", "running"):
-                tile.status, tile.step = ("stopped" if stopped else "missing"), 0
+                tile.status, tile.step, tile.preview = ("stopped" if stopped else "missing"), 0, b""
                 self._dirty.add(tile.index)
         for worker in self.workers.values():
             worker.current = ()

@@ -122,10 +122,7 @@ async function render({ model, el }) {
     tile.meta.title = m.get("meta");
     tile.progress.style.width = status === "running" ? `${Math.round(100 * (m.get("fraction") || 0))}%` : "0";
     drawPicture(tile);
-    if (shown >= 0 && tiles[shown] === tile) {
-      if (thumbnailOf(tile) && status === "done") request(m.get("index")); // opened while it formed: now the full size
-      drawViewer();
-    }
+    if (shown >= 0 && tiles[shown] === tile) drawViewer();
   }
 
   // -- virtualized pictures ---------------------------------------------------------------------
@@ -294,6 +291,9 @@ async function render({ model, el }) {
     if (!tile) return;
     const m = tile.model;
     const index = m.get("index");
+    // Opened before its image was done (queued, forming): ask for the full size the moment it is, whatever
+    // redraws the viewer then (its tile's change, or a thumbnail that came as a message past the cap).
+    if (m.get("status") === "done") request(index);
     const got = full.get(index);
     vtitle.textContent = `${m.get("prompt")} · ${m.get("meta")}`;
     vimg.alt = m.get("prompt");
@@ -359,8 +359,7 @@ async function render({ model, el }) {
     root.dataset.viewing = String(tiles[pos].model.get("index"));
     const tile = tiles[pos];
     drawPicture(tile); // the viewer's tile holds its thumbnail even when scrolled out of view
-    if (tile.model.get("status") === "done") request(tile.model.get("index"));
-    drawViewer();
+    drawViewer(); // and asks for the full size if the image is done
     viewer.focus({ preventScroll: true });
     viewer.scrollIntoView({ block: "nearest" });
   }

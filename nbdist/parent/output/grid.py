@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...jobs import ImageJob
-from ...sweep import axis_label, value_label
+from ...sweep import axis_label
 
 __all__ = ["Grid", "grid_image", "layout"]
 
@@ -93,4 +93,4 @@ def grid_image(grid: Grid, images: dict[int, Any], cell: int = 256) -> Any:
 
 def value_text(params: dict[str, Any]) -> str:
     """``guidance=4 · steps=3``: an image's sweep values for its caption."""
-    return " · ".join(f"{k}={value_label(k, v)}" for k, v in params.items())
+    return " · ".join(axis_label(k, v) for k, v in params.items())

@@ -21,6 +21,7 @@ from ...image_files import encode_png, file_name, image_metadata, png_text, slug
 from ...jobs import ImageJob
 from ...messages import ImageReady, Message
 from ..results.observer import RunInfo
+from .thumbnail_spool import ThumbnailSpool
 
 __all__ = ["DiskWriter", "file_name", "image_metadata", "png_text", "run_parameters", "slug"]
 
@@ -55,6 +56,7 @@ class DiskWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nbdist-save")
         self._pending: list[Future[None]] = []
         self._manifest_lock = threading.Lock()
+        self._thumbnails = ThumbnailSpool(self.folder)  # for index.html, inlined (see thumbnail_spool.py)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -76,6 +78,7 @@ class DiskWriter:
         job = self._jobs[msg.index]
         path = Path(msg.path) if msg.path is not None else self.folder / file_name(job)
         self.paths[msg.index] = path
+        self._thumbnails.add(msg.index, msg.thumbnail)
         if msg.pixels is not None:  # raw pixels: encoding is slow, off this thread
             self._pending.append(self._executor.submit(self._write, msg, job, path))
             return
@@ -93,7 +96,8 @@ class DiskWriter:
         if result is not None:
             from .index_page import write_result_index
 
-            write_result_index(self.folder, result)
+            write_result_index(self.folder, result, thumbnails=self._thumbnails.read())
+        self._thumbnails.discard()
 
     def _write_grids(self, result: Any) -> None:
         """``grid.png`` next to the PNGs (one per value of the further axes: ``grid-steps-2.png``)."""

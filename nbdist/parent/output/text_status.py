@@ -4,7 +4,8 @@ The terminal's progress line (``terminal.py``) redraws itself with ``\\r`` and A
 notebook shows as a growing pile of lines; the live gallery belongs to ``%%distgen``. Without either a
 ``generate()`` cell stayed blank until it returned. This observer shows a plain-text status in the
 cell's output and replaces it (``update_display``) as images arrive, throttled, ending with the run's
-one-line summary. Parent side only: it runs in the kernel, never in a worker.
+one-line summary, or with nothing when the cell shows the result (its static gallery says the summary).
+Parent side only: it runs in the kernel, never in a worker.
 """
 
 from __future__ import annotations
@@ -65,6 +66,27 @@ class TextStatus:
 
     def on_end(self, result: Any) -> None:
         self._draw(f"nbdist: {result.summary()}" if result is not None else self.line())
+        if result is not None:
+            self._clear_if_shown(result)
+
+    def _clear_if_shown(self, result: Any) -> None:
+        """Empty the line once the cell shows ``result`` as its value: the static gallery's heading says
+        the same summary right under it. Kept when the result is not shown (``r = nbdist.generate(...)``).
+
+        Decided after the cell (IPython's ``post_run_cell``: ``info.result`` is what the cell displayed), once.
+        """
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            return
+
+        def after(info: Any) -> None:
+            shell.events.unregister("post_run_cell", after)
+            if getattr(info, "result", None) is result:
+                self._draw("")
+
+        shell.events.register("post_run_cell", after)
 
     def line(self) -> str:
         """The status as it stands."""
