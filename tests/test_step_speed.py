@@ -108,4 +108,22 @@ def test_compile_once_per_warm_worker_kept_across_cells(tiny_model: str, tiny_pi
         assert int(np.abs(pixels(record) - np.asarray(expected, dtype=np.int16)).max()) <= 2
     taller = nbdist.generate(tiny_model, prompts[:1], compile=True, height=32, **common)
     assert taller.workers[0].pid in pids
-    assert taller[0].note is not None and taller[0].note.startswith("recompiling for a new size or batch (64x32")
+    assert taller[0].note is not None and taller[0].note.startswith(
+        "recompiling for a new size, batch or LoRA set (64x32, batch 1)"
+    )
+
+
+def test_a_cache_sweep_image_copies_as_a_plain_cache_flag() -> None:
+    from nbdist.jobs import make_jobs
+    from nbdist.options import GenerateOptions
+    from nbdist.parent.results.cell import image_cell, image_options
+    from nbdist.sweep import parse_sweep
+
+    options = GenerateOptions(steps=4, seed=0, sweep=parse_sweep({"cache": ["off", 0.1]}), compile=True)
+    cells = [
+        image_cell("m", job.prompt, image_options(options, job)) for job in make_jobs(["a dog"], 1, 0, options.sweep)
+    ]
+    assert cells == [
+        "%%distgen --model m --steps 4 --seed 0\na dog",
+        "%%distgen --model m --steps 4 --seed 0 --cache fbc=0.1\na dog",
+    ]

@@ -5,8 +5,9 @@ Regional compilation where the model names its repeated blocks (diffusers'
 become seconds), else the whole denoiser with ``torch.compile``. Done in place, in the worker that is
 already warm: no new fork and no weight copy, and a later cell without ``--compile`` keeps the compiled
 code (same images within float rounding) instead of losing it. torch compiles lazily, in the first call
-with a given shape, so that call's time holds the compile; a new size or batch compiles again, and the
-worker says so (``Compiler.prepare`` returns what to say).
+with a given shape, so that call's time holds the compile; a new size or batch compiles again, and so
+does another LoRA set or scale (peft's layers and scales are guarded values; diffusers' hotswap, which
+avoids that, is not wired in): the worker says so (``Compiler.prepare`` returns what to say).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Compiler:
             return f"compiling ({self.how})"
         if self.done and shape not in self.shapes:
             self.shapes.add(shape)
-            return f"recompiling for a new size or batch {_shape_text(shape)}"
+            return f"recompiling for a new size, batch or LoRA set {_shape_text(shape)}"
         return None
 
 
@@ -58,5 +59,8 @@ def _compile(model: Any) -> str:
 
 
 def _shape_text(shape: tuple[Any, ...]) -> str:
-    height, width, batch = shape
-    return f"({width}x{height}, batch {batch})" if height and width else f"(batch {batch})"
+    """``(64x32, batch 1)``, with the LoRAs where there are any: what the compiled code was made for."""
+    height, width, batch, loras = shape
+    size = f"{width}x{height}, " if height and width else ""
+    lora = f", LoRAs {', '.join(f'{name}:{scale:g}' for name, scale in loras)}" if loras else ""
+    return f"({size}batch {batch}{lora})"

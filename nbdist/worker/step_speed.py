@@ -17,6 +17,7 @@ from typing import Any
 from ..cache_choice import parse_cache
 from ..call_settings import CallSettings
 from ..jobs import ImageJob
+from ..loras import lora_label
 from ..messages import Message, WorkerActivity
 from ..sweep import job_call
 from .generation import Made
@@ -45,7 +46,8 @@ def before_call(worker: Any, batch: list[ImageJob], call: CallSettings, send: Ca
     kwargs, _, _, steps = job_call(call, settings)
     height = kwargs.get("height") or call.effective.get("height")
     width = kwargs.get("width") or call.effective.get("width")
-    activity = worker.compiler.prepare(worker.pipe, call.compile, (height, width, len(batch)))
+    loras = tuple(sorted((lora_label(source), scale) for source, scale in worker.adapters.active.items()))
+    activity = worker.compiler.prepare(worker.pipe, call.compile, (height, width, len(batch), loras))
     if activity is not None:
         send(WorkerActivity(worker.rank, activity))
     return CallSpeed(activity, label, steps, time.perf_counter())
