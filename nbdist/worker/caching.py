@@ -44,7 +44,9 @@ class StepCache:
         """Make ``label`` (``fbc=0.1``, ``taylorseer``, None) the denoiser's cache; nothing when it already is."""
         if label == self.active:
             return
-        denoiser = pipe.transformer
+        denoiser = getattr(pipe, "transformer", None)
+        if not callable(getattr(denoiser, "enable_cache", None)):  # the kernel checks this where it loaded the model
+            raise ValueError(f"--cache: {type(pipe).__name__}'s denoiser has no diffusers step cache")
         if self.active is not None:
             denoiser.disable_cache()
             self.active = None
