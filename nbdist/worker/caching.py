@@ -53,7 +53,7 @@ class StepCache:
         if label is not None:
             if not self._counting:
                 self._install_counters(denoiser)
-            denoiser.enable_cache(_config(label))
+            denoiser.enable_cache(_config(label, denoiser.dtype))
             self.active = label
 
     def start(self) -> None:
@@ -128,9 +128,8 @@ def _watched(denoiser: Any) -> dict[str, Any]:
     return {"fbc": blocks[-1], **({"taylorseer": attentions[-1]} if attentions else {})}
 
 
-def _config(label: str) -> Any:
-    """diffusers' config object for a cache label."""
-    import torch
+def _config(label: str, dtype: Any) -> Any:
+    """diffusers' config object for a cache label; TaylorSeer keeps its factors in the denoiser's dtype."""
     from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
 
     choice = parse_cache(label)
@@ -138,4 +137,4 @@ def _config(label: str) -> Any:
         raise ValueError("no cache")
     if choice.kind == "fbc":
         return FirstBlockCacheConfig(threshold=float(choice.threshold or 0.0))
-    return TaylorSeerCacheConfig(taylor_factors_dtype=torch.float32)
+    return TaylorSeerCacheConfig(taylor_factors_dtype=dtype)
