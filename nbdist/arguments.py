@@ -235,6 +235,23 @@ OPTION_ARGUMENTS: tuple[Argument, ...] = (
             "NAME / NAME[i] of the namespace (a record such as res[3], a PIL image, or a list: one per prompt)",
         },
     ),
+    Argument(
+        ("--compile",),
+        {
+            "action": "store_true",
+            "help": "compile the denoiser once per warm worker (its repeated blocks, else all of it, with "
+            "torch.compile): the first cell pays the compile, later cells run faster; a new size recompiles",
+        },
+    ),
+    Argument(
+        ("--cache",),
+        {
+            "metavar": "fbc[=T]|taylorseer|off",
+            "help": "skip denoising work with diffusers' step cache (DiT models such as Flux): fbc[=THRESHOLD] "
+            "(first-block cache, default 0.05; higher skips more), taylorseer, or off; each image records "
+            "how many steps were skipped",
+        },
+    ),
     Argument(("--strength",), {"type": float, "metavar": "S", "help": "with --init: how much is redone, 0-1"}),
     Argument(
         ("--upscale",),

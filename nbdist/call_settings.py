@@ -91,6 +91,8 @@ class CallSettings:
     init: str | tuple[str, ...] | None = None  # --init: the PNG(s) to refine (img2img.py), one or one per prompt
     strength: float | None = None  # --strength: how much of the denoising is redone (None: the pipeline's)
     upscale: float | None = None  # --upscale: the init resized by this factor first (a hires-fix pass)
+    compile: bool = False  # --compile: the workers compile the denoiser before their first call (compiling.py)
+    cache: str | None = None  # --cache: the step cache's label (fbc=0.05, taylorseer) or None (caching.py)
 
     @property
     def steps(self) -> int:
@@ -221,7 +223,17 @@ def resolve_call(pipe: Any, model: str | None, options: GenerateOptions) -> Call
         preview,
         *variation,
         *refine,
+        compile=bool(getattr(options, "compile", False)),
+        cache=_cache_label(getattr(options, "cache", None)),
     )
+
+
+def _cache_label(value: Any) -> str | None:
+    """``--cache`` as the label the workers and records use (None: no cache)."""
+    from .cache_choice import parse_cache
+
+    choice = parse_cache(value)
+    return choice.label if choice is not None else None
 
 
 def _scheduler_name(pipe: Any, files: ModelFiles | None) -> str | None:

@@ -56,6 +56,7 @@ def image_metadata(
     device: str | None,
     seconds: float | None,
     note: str | None = None,
+    skipped: int | None = None,
 ) -> dict[str, Any]:
     """One image's parameters: the run's, its own (prompt, seed, swept values) and where it was made.
 
@@ -77,6 +78,7 @@ def image_metadata(
         "device": device,
         "seconds": None if seconds is None else round(seconds, 4),
         **({"note": note} if note else {}),
+        **({"skipped_steps": skipped} if skipped is not None else {}),
     }
 
 

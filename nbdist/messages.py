@@ -25,6 +25,7 @@ __all__ = [
     "SaveTarget",
     "StepPreview",
     "StepProgress",
+    "WorkerActivity",
     "WorkerFinished",
     "WorkerStarted",
 ]
@@ -87,6 +88,7 @@ class ImageReady:
     note: str | None = None  # e.g. blanked by the safety checker
     path: str | None = None  # the complete PNG the worker wrote
     png: bytes | None = None  # the PNG the worker encoded, for the kernel to write
+    skipped_steps: int | None = None  # --cache: denoising steps the step cache skipped (None: no cache)
 
     def to_pil(self):  # noqa: ANN201 - PIL.Image.Image, imported lazily
         """The full-size image: rebuilt from raw pixels without decoding, else decoded from the PNG."""
@@ -195,3 +197,21 @@ class StepPreview:
 
 
 Message = Message | StepPreview  # type: ignore[misc]  # appended here so the union above stays as it was
+
+
+# -- appended: what a worker does besides denoising (--compile) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerActivity:
+    """A worker is busy with something other than denoising before its next step (``compiling``).
+
+    Sent before the pipeline call that compiles (torch compiles lazily, inside it), so the header's worker
+    line says why the first step is slow; the next ``StepProgress`` ends it.
+    """
+
+    rank: int
+    text: str
+
+
+Message = Message | WorkerActivity  # type: ignore[misc]

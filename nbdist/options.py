@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .cache_choice import parse_cache
 from .errors import NbdistUsageError
 from .placement import validate_placement
 from .preview_choice import parse_preview
@@ -66,6 +67,8 @@ class GenerateOptions:
     init: Any = None  # --init: a path, PIL image, ImageRecord or a list (one per prompt); planned: path(s)
     strength: float | None = None  # --strength with --init: how much of the denoising is redone
     upscale: float | None = None  # --upscale with --init: resize the init by this factor first (hires fix)
+    compile: bool = False  # --compile: the workers compile the denoiser (its repeated blocks) once, kept warm
+    cache: str | float | None = None  # --cache fbc[=T]|taylorseer|off: diffusers' step cache (cache_choice.py)
 
     def with_(self, **changes: object) -> GenerateOptions:
         """A copy with some fields changed (``dataclasses.replace`` under a shorter name)."""
@@ -118,6 +121,9 @@ class GenerateOptions:
 
             check_cluster_options(self)
         parse_preview(self.preview)
+        parse_cache(self.cache)
+        if not isinstance(self.compile, bool):
+            raise NbdistUsageError(f"compile must be True or False, got {self.compile!r}")
         check_variation(self.variation_seed, self.variation_strength, self.sweep)
 
     def check_size(self, vae_scale_factor: int) -> None:

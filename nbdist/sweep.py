@@ -10,12 +10,24 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from .cache_choice import parse_cache
 from .loras import is_lora_axis, lora_label
 from .options import NbdistUsageError
 
 __all__ = ["BUILTIN_AXES", "MAX_AXES", "SHORT_AXES", "axis_label", "job_call", "parse_sweep", "value_label"]
 
-BUILTIN_AXES = ("seed", "steps", "guidance", "size", "negative", "scheduler", "variation_seed", "variation_strength")
+BUILTIN_AXES = (
+    "seed",
+    "steps",
+    "guidance",
+    "size",
+    "negative",
+    "scheduler",
+    "variation_seed",
+    "variation_strength",
+    "cache",
+)
+NOT_CALL_ARGUMENTS = ("seed", "variation_seed", "variation_strength", "cache")  # axes the worker applies itself
 MAX_AXES = 3
 
 
@@ -55,6 +67,9 @@ def _value(name: str, part: str) -> Any:
         return [(int(width), int(height))]
     if name in ("negative", "scheduler"):
         return [part]
+    if name == "cache":  # checked now; kept as its label (fbc=0.1, off): what captions and grids show
+        choice = parse_cache(part)
+        return [choice.label if choice is not None else "off"]
     try:
         return [ast.literal_eval(part)]
     except (ValueError, SyntaxError):
@@ -133,6 +148,6 @@ def job_call(call: Any, params: dict[str, Any]) -> tuple[dict[str, Any], str | N
             negative = value
         elif name == "scheduler":
             scheduler = value
-        elif name not in ("seed", "variation_seed", "variation_strength") and not is_lora_axis(name):  # LoRAs: adapters
+        elif name not in NOT_CALL_ARGUMENTS and not is_lora_axis(name):  # LoRAs: adapters; cache: hooks
             kwargs[name] = value
     return kwargs, negative, scheduler, steps

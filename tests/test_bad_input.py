@@ -41,6 +41,10 @@ CASES = [
     ("save dir under a file", "--model {tiny} --save-dir {file}/out", "a cat", "is not a folder"),
     ("unknown dtype", "--model {tiny} --dtype float8", "a cat", "float8"),
     ("pickle weights", "--model {pickle_model}", "a cat", "--allow-pickle"),
+    ("unknown cache", "--model {tiny} --cache fast", "a cat", "unknown --cache 'fast'; choose fbc[=THRESHOLD]"),
+    ("cache threshold not a number", "--model {tiny} --cache fbc=high", "a cat", "threshold must be a number"),
+    ("cache threshold negative", "--model {tiny} --sweep cache=off,fbc=-1", "a cat", "finite number >= 0"),
+    ("cache on a UNet model", "--model {tiny} --cache fbc=0.1", "a cat", "(UNet2DConditionModel) has no diffusers"),
 ]
 if visible_gpu_count() == 0:
     CASES.append(("cuda without a GPU", "--model {tiny} --device cuda", "a cat", "no GPU is visible"))

@@ -12,7 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..messages import ImageFailed, ImageReady, Message, StepPreview, StepProgress, WorkerFinished, WorkerStarted
+from ..messages import (
+    ImageFailed,
+    ImageReady,
+    Message,
+    StepPreview,
+    StepProgress,
+    WorkerActivity,
+    WorkerFinished,
+    WorkerStarted,
+)
 from ..parent.output.grid import value_text
 from ..parent.output.static_html import image_detail
 from ..parent.results.observer import RunInfo
@@ -90,6 +99,7 @@ class WorkerState:
     step: int = 0
     total: int = 0
     error: str = ""
+    activity: str = ""  # what it does before its next step besides denoising (--compile: "compiling …")
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,8 @@ class GalleryState:
             worker.node = msg.node
             if self.first_progress is None:
                 self.first_progress = self.clock()
+        elif isinstance(msg, WorkerActivity):
+            self._worker(msg.rank).activity = msg.text
         elif isinstance(msg, WorkerFinished):
             worker = self._worker(msg.rank)
             worker.status = "failed" if msg.error else "done"
@@ -192,6 +204,7 @@ class GalleryState:
     def _finished_image(self, rank: int, index: int) -> None:
         worker = self._worker(rank)
         worker.done += 1
+        worker.activity = ""
         worker.status = "running" if worker.status == "starting" else worker.status
         worker.current = tuple(i for i in worker.current if i != index)
 
@@ -199,6 +212,7 @@ class GalleryState:
         worker = self._worker(msg.rank)
         worker.status = "running" if worker.status == "starting" else worker.status
         worker.current, worker.step, worker.total = msg.indices, msg.step, msg.total
+        worker.activity = ""  # a step done: the compile that came before it is over
         if self.first_progress is None:
             self.first_progress = self.clock()
         for index in msg.indices:
@@ -333,6 +347,8 @@ class GalleryState:
             return f"{where} · failed: {worker.error}"
         if worker.status == "stopped":
             return f"{where} · {count} · stopped"
+        if worker.activity:
+            return f"{where} · {count} · {worker.activity}…"
         if worker.status == "done" or not worker.current:
             return f"{where} · {count} · {'done' if worker.status == 'done' else 'waiting'}"
         first = self._by_index[worker.current[0]]

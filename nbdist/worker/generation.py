@@ -82,6 +82,7 @@ class Made:
     image: Any = None
     error: str | None = None
     note: str | None = None
+    skipped_steps: int | None = None  # --cache: the steps diffusers' step cache skipped in this image's call
 
 
 def run_batch(

@@ -22,6 +22,7 @@ from .decode_retry import IN_DECODE
 from .freeing import free_memory, let_go
 from .generation import Made, RunCancelled, run_batch
 from .outbox import Outbox
+from .step_speed import after_call, before_call
 
 __all__ = ["OUT_OF_MEMORY", "batches", "make_images", "static_share"]
 
@@ -109,7 +110,7 @@ def _run_and_send(
         if made.image is None:
             outbox.send(ImageFailed(job.index, rank, device, made.error or "no image", ""))
         else:
-            outbox.send_image(job, rank, device, seconds, made.image, made.note)
+            outbox.send_image(job, rank, device, seconds, made.image, made.note, made.skipped_steps)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ def _attempt(
             worker.use_scheduler(batch[0].settings.get("scheduler", call.scheduler))
         worker.use_loras(active_loras(call.loras, batch[0].settings), call.fuse_lora)
         preview = worker.previews.hook(worker.pipe, worker.rank, batch, call, outbox.send)
-        return run_batch(worker.pipe, batch, call, on_step, should_stop, preview)
+        speed = before_call(worker, batch, call, outbox.send)  # --cache switched, --compile done (step_speed.py)
+        return after_call(worker, speed, run_batch(worker.pipe, batch, call, on_step, should_stop, preview))
     except RunCancelled:
         raise
     except Exception as exc:

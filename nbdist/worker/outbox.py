@@ -50,10 +50,17 @@ class Outbox:
         self._pending.put(message)
 
     def send_image(
-        self, job: ImageJob, rank: int, device: str, seconds: float, image: Any, note: str | None = None
+        self,
+        job: ImageJob,
+        rank: int,
+        device: str,
+        seconds: float,
+        image: Any,
+        note: str | None = None,
+        skipped_steps: int | None = None,
     ) -> None:
         """Queue a PIL image; it is encoded (and written) in the sender thread."""
-        self._pending.put((job, rank, device, seconds, image, note, self._save))
+        self._pending.put((job, rank, device, seconds, image, note, self._save, skipped_steps))
 
     def close(self) -> None:
         """Flush and stop the sender thread."""
@@ -65,17 +72,27 @@ class Outbox:
             self._out.put(self._ready(*item) if isinstance(item, tuple) else item)
 
     def _ready(
-        self, job: ImageJob, rank: int, device: str, seconds: float, image: Any, note: str | None, save: Any
+        self,
+        job: ImageJob,
+        rank: int,
+        device: str,
+        seconds: float,
+        image: Any,
+        note: str | None,
+        save: Any,
+        skipped: int | None,
     ) -> ImageReady:
         """The message for one image, after writing or encoding its PNG as ``save`` says."""
         thumbnail = thumbnail_jpeg(image, self._thumbnail_size)
         common = (job.index, rank, device, seconds, image.mode, image.size)
         if save is None:
-            return ImageReady(*common, image.tobytes(), thumbnail, note)
-        meta = image_metadata(save.params, job, size=image.size, rank=rank, device=device, seconds=seconds, note=note)
+            return ImageReady(*common, image.tobytes(), thumbnail, note, skipped_steps=skipped)
+        meta = image_metadata(
+            save.params, job, size=image.size, rank=rank, device=device, seconds=seconds, note=note, skipped=skipped
+        )
         png = encode_png(image, meta)
         if save.folder is None:
-            return ImageReady(*common, None, thumbnail, note, png=png)
+            return ImageReady(*common, None, thumbnail, note, png=png, skipped_steps=skipped)
         path = Path(save.folder) / file_name(job)
         write_atomically(path, png)
-        return ImageReady(*common, None, thumbnail, note, path=str(path))
+        return ImageReady(*common, None, thumbnail, note, path=str(path), skipped_steps=skipped)

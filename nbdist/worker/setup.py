@@ -14,6 +14,8 @@ from ..device_libraries import restore_in_worker
 from ..messages import WorkerStarted
 from ..spec import WorkerSetup
 from .adapters import Adapters
+from .caching import StepCache
+from .compiling import Compiler
 from .lifecycle import set_process_title
 from .previews import Previews
 from .quiet import redirect_output, silence_libraries
@@ -32,6 +34,8 @@ class ReadyWorker:
     schedulers: dict[str | None, Any] = field(default_factory=dict)  # None: the pipeline's own
     adapters: Adapters = field(default_factory=Adapters)  # the LoRAs loaded in ``pipe`` and the active set
     previews: Previews = field(default_factory=Previews)  # --preview decoders, made on first use
+    compiler: Compiler = field(default_factory=Compiler)  # --compile: done once, kept across runs (compiling.py)
+    cache: StepCache = field(default_factory=StepCache)  # --cache: diffusers' step cache and its tally (caching.py)
 
     def use_loras(self, wanted: dict[str, float], fuse: bool = False) -> None:
         """This batch's LoRAs and scales (none: LoRAs off), swapped in the warm pipeline (``adapters.py``)."""

@@ -113,7 +113,14 @@ class DiskWriter:
 
     def _meta(self, msg: ImageReady, job: ImageJob) -> dict[str, Any]:
         return image_metadata(
-            self._params, job, size=msg.size, rank=msg.rank, device=msg.device, seconds=msg.seconds, note=msg.note
+            self._params,
+            job,
+            size=msg.size,
+            rank=msg.rank,
+            device=msg.device,
+            seconds=msg.seconds,
+            note=msg.note,
+            skipped=msg.skipped_steps,
         )
 
     def _write(self, msg: ImageReady, job: ImageJob, path: Path) -> None:

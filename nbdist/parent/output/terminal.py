@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ...messages import ImageFailed, ImageReady, Message, StepProgress, WorkerFinished, WorkerStarted
+from ...messages import ImageFailed, ImageReady, Message, StepProgress, WorkerActivity, WorkerFinished, WorkerStarted
 from ..results.observer import RunInfo
 from .saving import file_name
 
@@ -98,6 +98,8 @@ class TerminalProgress:
             self._event(f"[{self._done + self._failed}/{self._total}] image {msg.index} FAILED: {msg.error}")
         elif isinstance(msg, WorkerFinished) and msg.error is not None:
             self._event(f"worker {msg.rank} FAILED: {msg.error}")
+        elif isinstance(msg, WorkerActivity):  # --compile: the first call's time goes to compiling
+            self._event(f"worker {msg.rank} {msg.text}…")
 
     def on_end(self, result: Any) -> None:
         if self._live and self._drawn:

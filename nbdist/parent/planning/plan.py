@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ... import warm_imports
+from ...cache_choice import check_cache
 from ...call_settings import CallSettings, check_params, check_scheduler, image_size, resolve_call
 from ...cluster_address import cluster_from_env
 from ...jobs import ImageJob, make_jobs
@@ -208,6 +209,7 @@ def _check_call(pipe: Any, name: str, options: GenerateOptions) -> CallSettings:
     check_sweep(pipe, options.sweep)
     check_variations(pipe, options)
     check_preview(pipe, options.preview)
+    check_cache(pipe, [options.cache, *options.sweep.get("cache", [])])
     if options.init is not None:
         check_img2img(pipe)
     for lora in lora_sources(check_lora_sweep(options.loras, options.sweep), options.allow_pickle):

@@ -34,6 +34,7 @@ NOT_PIXELS = {
     "device_map",
     "max_memory",
     "offload",
+    "compile",  # compiled code makes the same images within float rounding
 }
 _FLAGS = {arg.dest: arg for arg in OPTION_ARGUMENTS}
 
@@ -53,6 +54,8 @@ def image_options(options: GenerateOptions, job: ImageJob) -> GenerateOptions:
             changes[name] = value
         elif name == "size":
             changes["width"], changes["height"] = value
+        elif name == "cache":  # a --sweep cache= value as the plain flag (off: none)
+            changes["cache"] = None if value == "off" else value
         elif name != "seed" and name != "lora" and not name.startswith("lora:"):
             params[name] = value
     changes["params"] = params

@@ -64,6 +64,7 @@ class ResultBuilder:
                 record.seconds = msg.seconds
                 record.thumbnail = msg.thumbnail if msg.index < INLINE_CAP else None  # the static copy's only
                 record.note = msg.note
+                record.skipped_steps = msg.skipped_steps
                 if self.first_image_at is None:
                     self.first_image_at = time.monotonic()
             else:

@@ -71,6 +71,7 @@ class ImageRecord:
     traceback: str | None = None
     path: Path | None = None
     note: str | None = None  # e.g. "blanked by the safety checker"
+    skipped_steps: int | None = None  # --cache: denoising steps diffusers' step cache skipped (None: no cache)
     params: dict[str, Any] = field(default_factory=dict)  # this image's sweep values, e.g. {"guidance": 4.0}
     thumbnail: bytes | None = field(default=None, repr=False)  # the worker's JPEG preview (static gallery)
     node: str | None = None  # the Ray node that made it (--cluster); None on one machine

@@ -87,6 +87,7 @@ def _record(root: Path, entry: dict[str, Any], prompt_index: int, thumbnail_size
         seconds=entry.get("seconds"),
         path=path,
         note=entry.get("note"),
+        skipped_steps=entry.get("skipped_steps"),
         params={axis: entry.get(axis) for axis in entry.get("sweep") or {}},
     )
     if record.index < INLINE_CAP:
