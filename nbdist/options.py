@@ -105,14 +105,7 @@ class GenerateOptions:
             raise NbdistUsageError(f"unknown --device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise NbdistUsageError(f"--seed must be a non-negative integer, got {self.seed!r}")
-        if self.save_dir is not None and not self.save:
-            raise NbdistUsageError("--no-save and --save-dir contradict each other: choose one")
-        if self.save_dir is not None:
-            check_writable_dir(Path(self.save_dir))
-            if previous_run and not self.overwrite:
-                from .parent.output.previous_run import refuse_previous_run
-
-                refuse_previous_run(self.save_dir)
+        self._check_save_dir(previous_run)
         validate_placement(self)
         if not isinstance(self.cluster_wait, int | float) or self.cluster_wait < 0:
             raise NbdistUsageError(f"--cluster-wait must be >= 0 seconds, got {self.cluster_wait!r}")
@@ -125,6 +118,17 @@ class GenerateOptions:
         if not isinstance(self.compile, bool):
             raise NbdistUsageError(f"compile must be True or False, got {self.compile!r}")
         check_variation(self.variation_seed, self.variation_strength, self.sweep)
+
+    def _check_save_dir(self, previous_run: bool) -> None:
+        """A folder to save into must be writable and hold no earlier run (unless ``--overwrite``)."""
+        if self.save_dir is not None and not self.save:
+            raise NbdistUsageError("--no-save and --save-dir contradict each other: choose one")
+        if self.save_dir is not None:
+            check_writable_dir(Path(self.save_dir))
+            if previous_run and not self.overwrite:
+                from .parent.output.previous_run import refuse_previous_run
+
+                refuse_previous_run(self.save_dir)
 
     def check_size(self, vae_scale_factor: int) -> None:
         """Height and width must be multiples of the pipeline's VAE scale factor (8 for SD)."""
