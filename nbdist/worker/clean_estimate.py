@@ -16,6 +16,7 @@ worked out when a preview asks for it (every few steps), never on the steps in b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +43,9 @@ class CleanEstimate:
             return
         parameters, own = inspect.signature(original), vars(scheduler).get("step")  # own: already wrapped by another
 
+        # The step's own signature: pipelines pass ``generator`` and ``eta`` only to a step whose signature
+        # names them (``prepare_extra_step_kwargs``); without it LCM and Euler Ancestral drew other noise.
+        @functools.wraps(original)
         def step(*args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
             out = original(*args, return_dict=True, **kwargs)  # by name: the tuple's fields differ per scheduler
             self._last = (scheduler, out, parameters, args, kwargs)  # bound by name only when a preview asks
