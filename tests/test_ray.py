@@ -212,12 +212,16 @@ def test_a_pipe_ray_cannot_pickle_ends_the_run_in_one_line(run, tiny_pipe) -> No
 @needs_namespace
 def test_a_node_removed_mid_run_loses_no_finished_image(cluster, run) -> None:
     started, workers = cluster
-    handle = run(PROMPTS * 2, background=True, steps=6)
+    # -n 3: one actor per node. Without it the run takes the slots free at that moment, and the actors of
+    # the run before may not have given theirs back yet (Ray releases them asynchronously): once only the
+    # head's actor was placed, no image came from a worker node and the loop below ran to its deadline.
+    handle = run(PROMPTS * 2, background=True, steps=6, num_processes=3)
     victims = {node.node_id: node for node in workers}
     deadline = time.monotonic() + 120
-    while not any(r.node in victims for r in handle) and time.monotonic() < deadline:
+    while not any(r.node in victims for r in handle) and not handle.done and time.monotonic() < deadline:
         handle.wait_briefly(0.05)
-    lost = next(r.node for r in handle if r.node in victims)
+    lost = next((r.node for r in handle if r.node in victims), None)
+    assert lost is not None, f"no image from a worker node: {[(r.index, r.node) for r in handle]}"
     made_there = [r for r in handle if r.node == lost]  # the other worker node may have finished some too
     started.remove_node(victims[lost])
     result = handle.wait(180)
@@ -225,7 +229,7 @@ def test_a_node_removed_mid_run_loses_no_finished_image(cluster, run) -> None:
     assert {r.index for r in made_there} <= {r.index for r in result if r.node == lost}
     lines = [f.error for f in result.worker_failures]
     assert len(lines) == 1 and f"node {lost[:8]}" in lines[0], lines
-    after = run(PROMPTS[:2])
+    after = run(PROMPTS[:2], num_processes=2)  # the two nodes left (an explicit -n waits for their slots)
     assert [r.ok for r in after] == [True, True] and len(after.workers) == 2 and lost not in {r.node for r in after}
 
 
